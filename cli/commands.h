@@ -1,0 +1,20 @@
+/*
+ * commands.h — the subcommands of the `lora` binary. Each parses its own options (getopt_long),
+ * validates them, calls the library, prints one line to stderr on error, and returns the exit
+ * status: 0 success, 1 failure, 2 usage error.
+ */
+#ifndef LORA_CLI_COMMANDS_H
+#define LORA_CLI_COMMANDS_H
+
+typedef struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+    const char *summary;
+} cli_command;
+
+int cmd_inspect(int argc, char **argv);
+
+/* Prints "lora <cmd>: <msg>" to stderr. */
+void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

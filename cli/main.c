@@ -1,0 +1,50 @@
+/*
+ * main.c — the `lora` command: dispatches to a subcommand (see commands.h).
+ */
+#include "commands.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const cli_command commands[] = {
+    {"inspect", cmd_inspect, "print a model's config, tensors and a training memory estimate"},
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+void cli_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "lora %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: lora <command> [options]   (lora <command> --help for details)\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(out, "  %-16s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("lora 0.1.0\n");
+        return 0;
+    }
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "lora: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,261 @@
+/*
+ * lora.h — the public C API of lora.c.
+ *
+ * Fine-tunes GPT-2-architecture language models with low-rank adapters (LoRA, Hu et al. 2022)
+ * and the paper's baselines (full fine-tuning, bias-only "BitFit") on frozen, memory-mapped
+ * Hugging Face weights. This header is the only one a program needs; it is C11, valid under
+ * -pedantic and from C++.
+ *
+ * Conventions
+ *  - Handles are opaque. `x_free(NULL)` is a no-op.
+ *  - Every fallible function returns a lora_status (LORA_OK == 0, failures negative) and, when
+ *    given a non-NULL lora_error, fills it with one line "<file>: <problem> (hint: ...)".
+ *    The library never prints and never exits on bad input.
+ *  - Shapes: B = batch, T = time (sequence), C = channels, V = vocab, r = LoRA rank.
+ *  - Token ids and targets are int32; a negative target means "no loss on this position"
+ *    (prompt tokens, padding).
+ */
+#ifndef LORA_H
+#define LORA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status and errors ---- */
+
+typedef enum lora_status {
+    LORA_OK              = 0,
+    LORA_ERR_IO          = -1, /* a file could not be opened, read, written or renamed */
+    LORA_ERR_FORMAT      = -2, /* a file's bytes are malformed, truncated or out of range */
+    LORA_ERR_SHAPE       = -3, /* a tensor's shape disagrees with the model's config */
+    LORA_ERR_NOMEM       = -4, /* an allocation failed */
+    LORA_ERR_ARG         = -5, /* an invalid argument from the caller */
+    LORA_ERR_UNSUPPORTED = -6, /* a valid but unsupported feature (dtype, activation, ...) */
+    LORA_ERR_STATE       = -7, /* the call is not valid in the object's current state */
+    LORA_ERR_MISSING     = -8  /* a required file or tensor is absent */
+} lora_status;
+
+#define LORA_ERROR_MAX 512
+
+/* Filled by failing calls; `msg` is one line without a trailing newline. */
+typedef struct lora_error {
+    lora_status status;
+    char        msg[LORA_ERROR_MAX];
+} lora_error;
+
+/* A static, human-readable name for a status ("ok", "I/O error", ...). */
+const char *lora_status_str(lora_status s);
+
+/* ---- models ---- */
+
+typedef struct lora_model lora_model;
+
+typedef enum lora_activation {
+    LORA_ACT_GELU_TANH = 0, /* "gelu_new", "gelu_pytorch_tanh", "gelu_fast" */
+    LORA_ACT_GELU_ERF  = 1  /* "gelu" */
+} lora_activation;
+
+/* The hyper-parameters of a GPT-2-architecture model, as in its config.json. */
+typedef struct lora_config {
+    int32_t         n_layer;
+    int32_t         n_head;
+    int32_t         n_embd;
+    int32_t         n_positions;
+    int32_t         n_inner; /* MLP width; config.json's null means 4 * n_embd */
+    int32_t         vocab_size;
+    float           layer_norm_epsilon;
+    lora_activation activation;
+    int32_t         tie_word_embeddings; /* 1: the LM head is wte (GPT-2's default) */
+} lora_config;
+
+/*
+ * Loads a Hugging Face GPT-2 directory: config.json plus model.safetensors, or the shards named
+ * by model.safetensors.index.json. F32 tensors are memory-mapped and used in place (never
+ * copied); F16 and BF16 tensors are converted to F32 once at load. Key names may carry the
+ * "transformer." prefix or not. Every offset, count and shape is checked against the file and
+ * the config. On success *out owns the model: free it with lora_model_free.
+ */
+lora_status lora_model_load(const char *dir, lora_model **out, lora_error *err);
+void        lora_model_free(lora_model *m);
+
+/* Valid while the model lives. */
+const lora_config *lora_model_config(const lora_model *m);
+
+/* Number of parameters of the base model (the tied LM head counted once). */
+int64_t lora_model_n_base_params(const lora_model *m);
+
+/* A tensor as stored in the checkpoint's file(s), used by the model or not. */
+typedef struct lora_file_tensor {
+    const char *name;  /* as in the file; valid while the model lives */
+    const char *dtype; /* "F32", "F16", "BF16", ... */
+    const char *file;  /* the file that holds it */
+    int32_t     ndim;
+    int64_t     shape[8];
+    int64_t     nbytes;
+} lora_file_tensor;
+
+int32_t     lora_model_n_file_tensors(const lora_model *m);
+lora_status lora_model_file_tensor(const lora_model *m, int32_t i, lora_file_tensor *info);
+
+/* Bytes of base weights used in place from the mapping, and converted to owned F32 memory. */
+void lora_model_weight_bytes(const lora_model *m, int64_t *mapped, int64_t *converted);
+
+/* ---- attaching a PEFT method ---- */
+
+typedef enum lora_method {
+    LORA_METHOD_LORA   = 0, /* low-rank adapters on the chosen linear sites */
+    LORA_METHOD_FULL   = 1, /* every weight trainable (the paper's FT baseline) */
+    LORA_METHOD_BITFIT = 2  /* only the bias vectors trainable (BitFit baseline) */
+} lora_method;
+
+/* Linear sites an adapter may target; OR them together. */
+enum {
+    LORA_TARGET_Q         = 1u << 0, /* the q slice of attn.c_attn */
+    LORA_TARGET_K         = 1u << 1, /* the k slice of attn.c_attn */
+    LORA_TARGET_V         = 1u << 2, /* the v slice of attn.c_attn */
+    LORA_TARGET_C_ATTN    = 1u << 3, /* all of attn.c_attn, as one adapter (PEFT's form) */
+    LORA_TARGET_ATTN_PROJ = 1u << 4, /* attn.c_proj */
+    LORA_TARGET_MLP_FC    = 1u << 5, /* mlp.c_fc */
+    LORA_TARGET_MLP_PROJ  = 1u << 6, /* mlp.c_proj */
+    LORA_TARGET_ALL_LINEAR = (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6)
+};
+
+typedef enum lora_init {
+    LORA_INIT_KAIMING  = 0, /* A ~ U(-1/sqrt(in), 1/sqrt(in)): kaiming-uniform a=sqrt(5), PEFT */
+    LORA_INIT_GAUSSIAN = 1  /* A ~ N(0, 1/r), as the LoRA paper and PEFT's "gaussian" */
+} lora_init;
+
+typedef struct lora_adapter_params {
+    lora_method method;
+    int32_t     r;          /* rank (LoRA) */
+    float       alpha;      /* scale s = alpha / r, or alpha / sqrt(r) with use_rslora */
+    float       dropout;    /* dropout on the adapter's input, training only */
+    uint32_t    targets;    /* LORA_TARGET_* bits (LoRA) */
+    int32_t     use_rslora; /* 1: s = alpha / sqrt(r) */
+    lora_init   init;
+    uint64_t    seed;       /* for A's initialisation and dropout masks */
+} lora_adapter_params;
+
+/* Defaults: LoRA, r = 8, alpha = 16, dropout 0.1, targets q and v, Kaiming init, seed 42. */
+lora_adapter_params lora_adapter_params_default(void);
+
+/* Parses a target list such as "q,v", "c_attn,c_proj", "mlp.c_fc", "all" into bits. */
+lora_status lora_targets_parse(const char *list, uint32_t *targets, lora_error *err);
+
+/*
+ * Makes the model trainable with the given method. Allocates the trainable parameters, their
+ * gradients and AdamW moments in one contiguous span each. May be called once per model.
+ */
+lora_status lora_model_attach(lora_model *m, const lora_adapter_params *p, lora_error *err);
+
+/*
+ * Plans and allocates activations for batches up to B x T (T <= n_positions). Called
+ * implicitly by the first forward; calling it up front keeps allocation out of the step.
+ */
+lora_status lora_model_reserve(lora_model *m, int32_t B, int32_t T, lora_error *err);
+
+/* ---- forward, loss, backward ---- */
+
+/* Training mode enables adapter dropout. label_smoothing as PyTorch's cross_entropy. */
+void lora_model_set_training(lora_model *m, int training);
+void lora_model_set_label_smoothing(lora_model *m, float label_smoothing);
+
+/*
+ * Forward pass over tokens (B, T). With targets (B, T) non-NULL, *loss receives the mean
+ * cross-entropy over positions whose target is >= 0 (0 when none is); targets may be NULL for
+ * logits only. Ids outside [0, vocab) or T > n_positions are LORA_ERR_ARG.
+ */
+lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32_t *targets,
+                               int32_t B, int32_t T, float *loss, lora_error *err);
+
+/* Logits (B, T, V) of the last forward, valid until the next forward or backward. */
+const float *lora_model_logits(const lora_model *m);
+
+/*
+ * Backward pass of the last forward (which must have had targets). Gradients of the trainable
+ * parameters are ACCUMULATED: call lora_model_zero_grad between optimizer steps. Frozen weights
+ * get no gradient and no memory for one.
+ */
+lora_status lora_model_backward(lora_model *m, lora_error *err);
+void        lora_model_zero_grad(lora_model *m);
+
+/* ---- trainable tensors ---- */
+
+typedef struct lora_tensor_info {
+    const char *name;     /* e.g. "h.0.attn.c_attn.q.lora_A"; valid while the model lives */
+    int32_t     ndim;
+    int64_t     shape[2];
+    int64_t     numel;
+    float      *data;     /* the live parameter */
+    float      *grad;     /* its gradient */
+} lora_tensor_info;
+
+/* Number of trainable tensors and their total element count (0 before attach). */
+int32_t lora_model_n_trainable(const lora_model *m);
+int64_t lora_model_n_trainable_params(const lora_model *m);
+lora_status lora_model_trainable(lora_model *m, int32_t i, lora_tensor_info *info);
+/* Looks a trainable tensor up by name; LORA_ERR_MISSING when absent. */
+lora_status lora_model_trainable_find(lora_model *m, const char *name, lora_tensor_info *info);
+
+/* Saves / loads the trainable tensors as safetensors with the names above (atomic write). */
+lora_status lora_model_save_trainable(lora_model *m, const char *path, lora_error *err);
+lora_status lora_model_load_trainable(lora_model *m, const char *path, lora_error *err);
+
+/* ---- optimisation ---- */
+
+typedef enum lora_schedule_kind {
+    LORA_SCHEDULE_CONSTANT = 0, /* warm-up, then constant */
+    LORA_SCHEDULE_LINEAR   = 1, /* warm-up, then linear decay to 0 at total_steps */
+    LORA_SCHEDULE_COSINE   = 2  /* warm-up, then half-cosine decay to 0 at total_steps */
+} lora_schedule_kind;
+
+typedef struct lora_optim_params {
+    float              lr;           /* peak learning rate */
+    float              beta1, beta2; /* AdamW moments */
+    float              eps;
+    float              weight_decay; /* decoupled, applied to 2-D tensors only */
+    float              clip;         /* global grad-norm clip; <= 0 disables */
+    lora_schedule_kind schedule;
+    int64_t            warmup_steps; /* linear warm-up from 0 to lr */
+    int64_t            total_steps;
+} lora_optim_params;
+
+/* Defaults: the LoRA paper's E2E recipe (lr 2e-4, betas 0.9/0.999, eps 1e-8, wd 0.01, clip 1,
+ * linear schedule, 500 warm-up steps). */
+lora_optim_params lora_optim_params_default(void);
+
+/* Learning rate at optimizer step `step` (0-based), as Hugging Face's schedules compute it. */
+float lora_schedule_lr(const lora_optim_params *p, int64_t step);
+
+/*
+ * One AdamW step over every trainable tensor at learning rate lr (normally
+ * lora_schedule_lr(p, step)), after global grad-norm clipping. *grad_norm (may be NULL)
+ * receives the norm before clipping. Does not zero the gradients.
+ */
+lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
+                            float *grad_norm, lora_error *err);
+
+/* ---- planning ---- */
+
+typedef struct lora_memory_estimate {
+    int64_t weights_bytes;     /* frozen base weights (mapped or converted) */
+    int64_t trainable_bytes;   /* params + grads + AdamW m and v */
+    int64_t activation_bytes;  /* activations kept for backward + scratch */
+    int64_t total_bytes;
+} lora_memory_estimate;
+
+/* Estimates training memory for a config, method and batch shape without loading weights.
+ * Weights count 4 bytes each whatever the file's dtype (F16/BF16 are converted at load). */
+lora_status lora_estimate_memory(const lora_config *cfg, const lora_adapter_params *p,
+                                 int32_t B, int32_t T, lora_memory_estimate *out,
+                                 lora_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LORA_H */

@@ -1,0 +1,442 @@
+/*
+ * kernels.c — the fast CPU kernels declared in kernels.h.
+ *
+ * Large products go to OpenBLAS (cblas_sgemm, row-major, transposes instead of copies); the
+ * rest is OpenMP over independent rows, (b, h) pairs or channel blocks, with contiguous inner
+ * loops the compiler vectorises. Every reduction that feeds a result is done in a fixed order
+ * (no atomics, no thread-count-dependent sums), so results are reproducible run to run.
+ * Not here: the naive references (kernels_ref.c), GPU code, allocation (scratch is passed in).
+ */
+#include "core/kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+// B = batch, T = time, C = channels, V = vocab, NH = heads, hs = C / NH, N = rows, OC = out chans
+
+/* Column-block width for reductions over rows (dw, db): each block is owned by one thread. */
+#define COL_BLOCK 64
+
+/* ---- a vectorisable exp ---- */
+
+/*
+ * expf for float x, written with arithmetic and bit operations only so that loops calling it
+ * vectorise without -ffast-math (glibc only offers SIMD expf under fast-math). Cody–Waite
+ * reduction x = n ln2 + r, |r| <= ln2 / 2, then the Cephes degree-7 polynomial for e^r:
+ * about 1 ulp over the normal range. Inputs below -87 return 0 (the result would be subnormal,
+ * irrelevant next to the max-shifted terms it is summed with); inputs above 88 are clamped to
+ * 88 (finite, ~1.65e38). NaN propagates.
+ */
+static inline float exp_fast(float x) {
+    const float hi = 88.0f, lo = -87.0f;
+    float       xc = x > hi ? hi : x;
+    xc             = xc < lo ? lo : xc;
+    /* round(x log2 e) through the 1.5·2^23 shifter: its low mantissa bits then hold n */
+    const float shifter = 12582912.0f;
+    float       t       = fmaf(xc, 1.44269504088896341f, shifter);
+    float       n       = t - shifter;
+    float       r       = fmaf(n, -0.693359375f, xc);      /* ln2 high part (exact in n·) */
+    r                   = fmaf(n, 2.12194440e-4f, r);      /* ln2 low part */
+    float p = 1.9875691500e-4f;
+    p       = fmaf(p, r, 1.3981999507e-3f);
+    p       = fmaf(p, r, 8.3334519073e-3f);
+    p       = fmaf(p, r, 4.1665795894e-2f);
+    p       = fmaf(p, r, 1.6666665459e-1f);
+    p       = fmaf(p, r, 5.0000001201e-1f);
+    p       = fmaf(p, r * r, r) + 1.0f;
+    uint32_t tb, sb;
+    memcpy(&tb, &t, sizeof tb);
+    sb = (tb - 0x4b400000u + 127u) << 23; /* 2^n as float bits, n in [-126, 127] */
+    float s;
+    memcpy(&s, &sb, sizeof s);
+    float y = p * s;
+    return x < lo ? 0.0f : y;
+}
+
+/* ---- embeddings ---- */
+
+void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
+                     int T, int C) {
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * T; bt++) {
+        float *restrict       o  = out + (size_t)bt * C;
+        const float *restrict we = wte + (size_t)inp[bt] * C;
+        const float *restrict pe = wpe + (size_t)(bt % T) * C;
+        for (int c = 0; c < C; c++) o[c] = we[c] + pe[c];
+    }
+}
+
+/*
+ * dwpe: one thread per position t, summing over b in order. dwte: several positions may share a
+ * token, so threads own channel blocks instead and walk every (b, t) in order — race-free and
+ * deterministic.
+ */
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B,
+                      int T, int C) {
+    if (dwpe) {
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            float *restrict dp = dwpe + (size_t)t * C;
+            for (int b = 0; b < B; b++) {
+                const float *restrict d = dout + ((size_t)b * T + t) * C;
+                for (int c = 0; c < C; c++) dp[c] += d[c];
+            }
+        }
+    }
+    if (dwte) {
+        int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+        for (int blk = 0; blk < nblk; blk++) {
+            int c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+            for (int bt = 0; bt < B * T; bt++) {
+                float *restrict       dw = dwte + (size_t)inp[bt] * C;
+                const float *restrict d  = dout + (size_t)bt * C;
+                for (int c = c0; c < c1; c++) dw[c] += d[c];
+            }
+        }
+    }
+}
+
+/* ---- layer norm ---- */
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        double       s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int c = 0; c < C; c++) s += x[c];
+        float  m  = (float)(s / C);
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (int c = 0; c < C; c++) {
+            float d = x[c] - m;
+            ss += (double)d * d;
+        }
+        float r = (float)(1.0 / sqrt(ss / C + (double)eps));
+        float *o = out + (size_t)i * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * r * w[c] + b[c];
+        mean[i] = m;
+        rstd[i] = r;
+    }
+}
+
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, int N, int C) {
+    /* dinp: rows are independent */
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x  = inp + (size_t)i * C;
+        const float *dy = dout + (size_t)i * C;
+        float       *dx = dinp + (size_t)i * C;
+        float        m = mean[i], r = rstd[i];
+        double       gs = 0.0, gns = 0.0;
+#pragma omp simd reduction(+ : gs, gns)
+        for (int c = 0; c < C; c++) {
+            float g = dy[c] * w[c];
+            gs += g;
+            gns += (double)g * ((x[c] - m) * r);
+        }
+        float gm = (float)(gs / C), gnm = (float)(gns / C);
+        for (int c = 0; c < C; c++) {
+            float n = (x[c] - m) * r;
+            dx[c] += r * (dy[c] * w[c] - gm - n * gnm);
+        }
+    }
+    if (!dw && !db) return;
+    /* dw, db: sums over rows; each thread owns a block of channels */
+    int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        int    c0 = blk * COL_BLOCK, nc = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+        double aw[COL_BLOCK], ab[COL_BLOCK];
+        for (int c = 0; c < nc; c++) aw[c] = ab[c] = 0.0;
+        for (int i = 0; i < N; i++) {
+            const float *x  = inp + (size_t)i * C + c0;
+            const float *dy = dout + (size_t)i * C + c0;
+            float        m = mean[i], r = rstd[i];
+            for (int c = 0; c < nc; c++) {
+                aw[c] += (double)dy[c] * ((x[c] - m) * r);
+                ab[c] += dy[c];
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            if (dw) dw[c0 + c] += (float)aw[c];
+            if (db) db[c0 + c] += (float)ab[c];
+        }
+    }
+}
+
+/* ---- general matrix product ---- */
+
+void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
+                transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- matmul (Conv1D layout: w is (C, OC)) ---- */
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C,
+                    int OC) {
+    gemm(0, 0, N, OC, C, 1.0f, inp, C, w, OC, 0.0f, out, OC);
+    if (!bias) return;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *o = out + (size_t)i * OC;
+        for (int j = 0; j < OC; j++) o[j] += bias[j];
+    }
+}
+
+void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC) {
+    /* dinp (N,C) += dout (N,OC) · wᵀ (OC,C) */
+    if (dinp) gemm(0, 1, N, C, OC, 1.0f, dout, OC, w, OC, 1.0f, dinp, C);
+    /* dw (C,OC) += inpᵀ (C,N) · dout (N,OC) */
+    if (dw) gemm(1, 0, C, OC, N, 1.0f, inp, C, dout, OC, 1.0f, dw, OC);
+    if (!db) return;
+    /* db (OC) += Σ_rows dout: threads own column blocks, rows summed in order */
+    int nblk = (OC + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        int    o0 = blk * COL_BLOCK, no = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
+        double acc[COL_BLOCK];
+        for (int j = 0; j < no; j++) acc[j] = 0.0;
+        for (int i = 0; i < N; i++) {
+            const float *d = dout + (size_t)i * OC + o0;
+            for (int j = 0; j < no; j++) acc[j] += d[j];
+        }
+        for (int j = 0; j < no; j++) db[o0 + j] += (float)acc[j];
+    }
+}
+
+/* ---- activations ---- */
+
+#define GELU_K 0.7978845608f /* sqrt(2 / pi) */
+#define GELU_A 0.044715f
+
+/*
+ * 0.5 x (1 + tanh u) is evaluated as x · sigmoid(2u) = x / (1 + e^(-2u)), the same function
+ * (1 + tanh u = 2 / (1 + e^(-2u))), which stays accurate in both tails and vectorises.
+ */
+void gelu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_K * (x + GELU_A * x * x * x);
+        out[i]  = x / (1.0f + exp_fast(-2.0f * u));
+    }
+}
+
+/* d/dx [x σ(2u)] = σ + 2 x σ (1 - σ) u',  u' = k (1 + 3 a x²) */
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x  = inp[i];
+        float u  = GELU_K * (x + GELU_A * x * x * x);
+        float du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+        float s  = 1.0f / (1.0f + exp_fast(-2.0f * u));
+        dinp[i] += (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
+    }
+}
+
+#define SQRT1_2f     0.70710678f /* 1 / sqrt(2) */
+#define INV_SQRT2PIf 0.39894228f /* 1 / sqrt(2 pi) */
+
+/* Φ(x) = 0.5 (1 + erf(x / sqrt 2)) is evaluated as 0.5 erfc(-x / sqrt 2): no cancellation for
+ * negative x, where 1 + erf would lose the leading digits. */
+void gelu_erf_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i]  = 0.5f * x * erfcf(-x * SQRT1_2f);
+    }
+}
+
+/* d/dx = Φ(x) + x φ(x) */
+void gelu_erf_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float d = 0.5f * erfcf(-x * SQRT1_2f) + x * INV_SQRT2PIf * exp_fast(-0.5f * x * x);
+        dinp[i] += d * dout[i];
+    }
+}
+
+void residual_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void residual_backward(float *da, float *db, const float *dout, size_t n) {
+    if (da) {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < n; i++) da[i] += dout[i];
+    }
+    if (db) {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < n; i++) db[i] += dout[i];
+    }
+}
+
+/* ---- causal self-attention ---- */
+
+static inline float dot(const float *restrict a, const float *restrict b, int n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* y += alpha · x */
+static inline void axpy(float *restrict y, float alpha, const float *restrict x, int n) {
+    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    int   hs    = C / NH;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    size_t C3   = 3 * (size_t)C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float *base = qkv + (size_t)b * T * C3 + (size_t)h * hs; /* q of t = 0 */
+            for (int t = 0; t < T; t++) {
+                const float *q   = base + t * C3;
+                float       *row = att + (((size_t)b * NH + h) * T + t) * T;
+                float        mx  = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float s = dot(q, base + t2 * C3 + C, hs) * scale;
+                    row[t2] = s;
+                    mx      = s > mx ? s : mx;
+                }
+                double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float e = exp_fast(row[t2] - mx);
+                    row[t2] = e;
+                    sum += e;
+                }
+                float inv = (float)(1.0 / sum);
+                for (int t2 = 0; t2 <= t; t2++) row[t2] *= inv;
+                for (int t2 = t + 1; t2 < T; t2++) row[t2] = 0.0f;
+
+                float *o = out + ((size_t)b * T + t) * C + (size_t)h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) axpy(o, row[t2], base + t2 * C3 + 2 * C, hs);
+            }
+        }
+    }
+}
+
+/*
+ * Scratch: one row of T floats per (b, h) pair, so the pairs can run in parallel; the row holds
+ * dp[t2] = dout_t · v_t2 for the current query t, then is overwritten in place by the softmax
+ * gradient ds[t2] = p[t2] (dp[t2] - Σ_j p[j] dp[j]) · scale.
+ */
+size_t attention_scratch_floats(int B, int T, int NH) {
+    return (size_t)B * NH * T;
+}
+
+void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                        const float *att, int B, int T, int C, int NH) {
+    int    hs    = C / NH;
+    float  scale = (float)(1.0 / sqrt((double)hs));
+    size_t C3    = 3 * (size_t)C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            size_t       off   = (size_t)b * T * C3 + (size_t)h * hs;
+            const float *base  = qkv + off;
+            float       *dbase = dqkv + off;
+            float       *ds    = scratch + ((size_t)b * NH + h) * T;
+            for (int t = 0; t < T; t++) {
+                const float *p  = att + (((size_t)b * NH + h) * T + t) * T;
+                const float *dy = dout + ((size_t)b * T + t) * C + (size_t)h * hs;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    ds[t2] = dot(dy, base + t2 * C3 + 2 * C, hs);
+                    axpy(dbase + t2 * C3 + 2 * C, p[t2], dy, hs); /* dv */
+                }
+                double pdp = 0.0;
+#pragma omp simd reduction(+ : pdp)
+                for (int t2 = 0; t2 <= t; t2++) pdp += p[t2] * ds[t2];
+                float pd = (float)pdp;
+                for (int t2 = 0; t2 <= t; t2++) ds[t2] = p[t2] * (ds[t2] - pd) * scale;
+
+                const float *q  = base + t * C3;
+                float       *dq = dbase + t * C3;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    axpy(dq, ds[t2], base + t2 * C3 + C, hs);       /* dq */
+                    axpy(dbase + t2 * C3 + C, ds[t2], q, hs);       /* dk */
+                }
+            }
+        }
+    }
+}
+
+/* ---- cross-entropy ---- */
+
+int crossentropy_forward(float *losses, float *lse, const float *logits, const int32_t *targets,
+                         int N, int V, float eps) {
+    int count = 0;
+#pragma omp parallel for schedule(static) reduction(+ : count)
+    for (int i = 0; i < N; i++) {
+        const float *z  = logits + (size_t)i * V;
+        float        mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+        double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < V; j++) sum += exp_fast(z[j] - mx);
+        double l = mx + log(sum);
+        lse[i]   = (float)l;
+        if (targets[i] < 0) {
+            losses[i] = 0.0f;
+            continue;
+        }
+        double loss = (1.0 - eps) * (l - z[targets[i]]);
+        if (eps != 0.0f) {
+            double zs = 0.0;
+#pragma omp simd reduction(+ : zs)
+            for (int j = 0; j < V; j++) zs += z[j];
+            loss += (double)eps * (l - zs / V);
+        }
+        losses[i] = (float)loss;
+        count++;
+    }
+    return count;
+}
+
+/* One row of the gradient: src and dst may be the same buffer (each element is read first). */
+static inline void ce_row_grad(float *dst, const float *src, int V, float l, float off,
+                               float scale) {
+    for (int j = 0; j < V; j++) dst[j] = scale * (exp_fast(src[j] - l) - off);
+}
+static inline void ce_row_grad_inplace(float *z, int V, float l, float off, float scale) {
+    for (int j = 0; j < V; j++) z[j] = scale * (exp_fast(z[j] - l) - off);
+}
+
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
+                           const int32_t *targets, int N, int V, float eps, float scale) {
+    float off = eps / (float)V;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float       *dz = dlogits + (size_t)i * V;
+        const float *z  = logits + (size_t)i * V;
+        if (targets[i] < 0) {
+            memset(dz, 0, (size_t)V * sizeof *dz);
+            continue;
+        }
+        if (dz == z) {
+            ce_row_grad_inplace(dz, V, lse[i], off, scale);
+        } else {
+            ce_row_grad(dz, z, V, lse[i], off, scale);
+        }
+        dz[targets[i]] -= scale * (1.0f - eps);
+    }
+}

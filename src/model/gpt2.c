@@ -1,0 +1,545 @@
+/*
+ * gpt2.c — loading a Hugging Face GPT-2 directory and running the forward and backward passes.
+ *
+ * Weights: F32 tensors are used in place from the read-only mapping; F16/BF16 (and, from a
+ * hostile file, unaligned F32) tensors are converted once into one owned F32 buffer.
+ * Activations: one allocation for the largest (B, T) reserved; no allocation inside a step.
+ * Backward keeps rolling (B,T,·) gradient buffers instead of a mirror of every activation.
+ *
+ * B = batch, T = time, C = n_embd, NH = n_head, F = n_inner, V = vocab, L = layers, N = B*T.
+ */
+#include "model/gpt2.h"
+
+#include "core/error.h"
+#include "core/kernels.h"
+#include "io/fileutil.h"
+#include "io/hf_config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- loading ---- */
+
+typedef struct weight_slot {
+    char          name[80]; /* without the "transformer." prefix */
+    int32_t       ndim;
+    int64_t       shape[2];
+    const float **slot;
+    const st_tensor *t;
+    const st_file   *file;
+} weight_slot;
+
+static void slot_set(weight_slot *s, const char *name, int32_t ndim, int64_t d0, int64_t d1,
+                     const float **slot) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->ndim     = ndim;
+    s->shape[0] = d0;
+    s->shape[1] = d1;
+    s->slot     = slot;
+}
+
+static int needs_conversion(const st_tensor *t) {
+    return t->dtype != ST_F32 || ((uintptr_t)t->data % sizeof(float)) != 0;
+}
+
+static void shape_str(char *buf, size_t n, int32_t ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, n, "(");
+    for (int32_t i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, ")");
+}
+
+/* Finds, type-checks and shape-checks one tensor. */
+static lora_status resolve_slot(lora_model *m, weight_slot *s, lora_error *err) {
+    char prefixed[96];
+    snprintf(prefixed, sizeof prefixed, "transformer.%s", s->name);
+    s->t = st_set_find(&m->files, prefixed, &s->file);
+    if (!s->t) s->t = st_set_find(&m->files, s->name, &s->file);
+    if (!s->t)
+        return lora_errorf(err, LORA_ERR_MISSING,
+                           "%s: tensor '%s' not found (hint: is this a GPT-2 checkpoint?)",
+                           m->dir, s->name);
+    const st_tensor *t = s->t;
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return lora_errorf(err, LORA_ERR_UNSUPPORTED,
+                           "%s: tensor '%s' has dtype %s (supported: F32, F16, BF16)",
+                           s->file->path, t->name, st_dtype_name(t->dtype));
+    int ok = t->ndim == s->ndim;
+    for (int32_t i = 0; ok && i < s->ndim; i++) ok = t->shape[i] == s->shape[i];
+    if (!ok) {
+        char want[64], got[64];
+        shape_str(want, sizeof want, s->ndim, s->shape);
+        shape_str(got, sizeof got, t->ndim, t->shape);
+        return lora_errorf(err, LORA_ERR_SHAPE,
+                           "%s: tensor '%s' has shape %s but config.json implies %s",
+                           s->file->path, t->name, got, want);
+    }
+    return LORA_OK;
+}
+
+static lora_status load_weights(lora_model *m, lora_error *err) {
+    const lora_config *c = &m->cfg;
+    int64_t C = c->n_embd, F = c->n_inner, V = c->vocab_size, P = c->n_positions;
+    int32_t L = c->n_layer;
+    size_t  n_slots = 4 + (size_t)L * 12 + (c->tie_word_embeddings ? 0 : 1);
+    weight_slot *slots = calloc(n_slots, sizeof *slots);
+    if (!slots) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", m->dir);
+    size_t k = 0;
+    slot_set(&slots[k++], "wte.weight", 2, V, C, &m->wte);
+    slot_set(&slots[k++], "wpe.weight", 2, P, C, &m->wpe);
+    slot_set(&slots[k++], "ln_f.weight", 1, C, 0, &m->ln_f_w);
+    slot_set(&slots[k++], "ln_f.bias", 1, C, 0, &m->ln_f_b);
+    for (int32_t l = 0; l < L; l++) {
+        gpt2_layer *ly = &m->layers[l];
+        char        nm[80];
+#define SLOT(suffix, nd, d0, d1, ptr)                                                          \
+    snprintf(nm, sizeof nm, "h.%d.%s", (int)l, suffix);                                        \
+    slot_set(&slots[k++], nm, nd, d0, d1, ptr)
+        SLOT("ln_1.weight", 1, C, 0, &ly->ln_1_w);
+        SLOT("ln_1.bias", 1, C, 0, &ly->ln_1_b);
+        SLOT("attn.c_attn.weight", 2, C, 3 * C, &ly->c_attn.w);
+        SLOT("attn.c_attn.bias", 1, 3 * C, 0, &ly->c_attn.b);
+        SLOT("attn.c_proj.weight", 2, C, C, &ly->attn_proj.w);
+        SLOT("attn.c_proj.bias", 1, C, 0, &ly->attn_proj.b);
+        SLOT("ln_2.weight", 1, C, 0, &ly->ln_2_w);
+        SLOT("ln_2.bias", 1, C, 0, &ly->ln_2_b);
+        SLOT("mlp.c_fc.weight", 2, C, F, &ly->c_fc.w);
+        SLOT("mlp.c_fc.bias", 1, F, 0, &ly->c_fc.b);
+        SLOT("mlp.c_proj.weight", 2, F, C, &ly->mlp_proj.w);
+        SLOT("mlp.c_proj.bias", 1, C, 0, &ly->mlp_proj.b);
+#undef SLOT
+    }
+    lora_status st = LORA_OK;
+    if (!c->tie_word_embeddings) {
+        slot_set(&slots[k], "lm_head.weight", 2, V, C, &m->lm_head);
+        /* HF saves the untied head at the top level, without the transformer. prefix */
+        slots[k].t = st_set_find(&m->files, "lm_head.weight", &slots[k].file);
+        if (!slots[k].t) {
+            st = lora_errorf(err, LORA_ERR_MISSING,
+                             "%s: tensor 'lm_head.weight' not found but tie_word_embeddings is "
+                             "false in config.json",
+                             m->dir);
+            goto done;
+        }
+        k++;
+    }
+    LORA_ASSERT(k == n_slots);
+
+    size_t conv_floats = 0;
+    for (size_t i = 0; i < n_slots; i++) {
+        if ((st = resolve_slot(m, &slots[i], err)) != LORA_OK) goto done;
+        m->weights_bytes += (int64_t)slots[i].t->numel * (int64_t)sizeof(float);
+        if (needs_conversion(slots[i].t)) conv_floats += (size_t)slots[i].t->numel;
+    }
+    m->converted_floats = conv_floats;
+    if (conv_floats) {
+        m->converted = malloc(conv_floats * sizeof(float));
+        if (!m->converted) {
+            st = lora_errorf(err, LORA_ERR_NOMEM, "%s: cannot allocate %zu bytes for F32 weights",
+                             m->dir, conv_floats * sizeof(float));
+            goto done;
+        }
+    }
+    float *cur = m->converted;
+    for (size_t i = 0; i < n_slots; i++) {
+        const st_tensor *t = slots[i].t;
+        if (needs_conversion(t)) {
+            if ((st = st_to_f32(cur, t, slots[i].file->path, err)) != LORA_OK) goto done;
+            *slots[i].slot = cur;
+            cur += t->numel;
+        } else {
+            *slots[i].slot = (const float *)t->data;
+        }
+    }
+    if (c->tie_word_embeddings) m->lm_head = m->wte;
+done:
+    free(slots);
+    return st;
+}
+
+static void init_sites(lora_model *m) {
+    const lora_config *c = &m->cfg;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        gpt2_layer *ly = &m->layers[l];
+        struct {
+            linear *s;
+            const char *nm;
+            int32_t in, out;
+        } sites[4] = {{&ly->c_attn, "attn.c_attn", c->n_embd, 3 * c->n_embd},
+                      {&ly->attn_proj, "attn.c_proj", c->n_embd, c->n_embd},
+                      {&ly->c_fc, "mlp.c_fc", c->n_embd, c->n_inner},
+                      {&ly->mlp_proj, "mlp.c_proj", c->n_inner, c->n_embd}};
+        for (int i = 0; i < 4; i++) {
+            snprintf(sites[i].s->name, LINEAR_NAME_MAX, "h.%d.%s", (int)l, sites[i].nm);
+            sites[i].s->in  = sites[i].in;
+            sites[i].s->out = sites[i].out;
+        }
+    }
+}
+
+lora_status lora_model_load(const char *dir, lora_model **out, lora_error *err) {
+    if (!dir || !out) return lora_errorf(err, LORA_ERR_ARG, "lora_model_load: NULL argument");
+    *out = NULL;
+    lora_model *m = calloc(1, sizeof *m);
+    if (!m) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+    lora_status st;
+    char        path[4096];
+    if (!(m->dir = strdup(dir))) {
+        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+        goto fail;
+    }
+    if ((st = lora_path_join(path, sizeof path, dir, "config.json", err)) != LORA_OK) goto fail;
+    if ((st = hf_config_load(path, &m->cfg, err)) != LORA_OK) goto fail;
+    if ((st = st_set_open_dir(&m->files, dir, err)) != LORA_OK) goto fail;
+    m->layers = calloc((size_t)m->cfg.n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+        goto fail;
+    }
+    init_sites(m);
+    if ((st = load_weights(m, err)) != LORA_OK) goto fail;
+    m->ctx.seed = 42;
+    *out        = m;
+    return LORA_OK;
+fail:
+    lora_model_free(m);
+    return st;
+}
+
+void lora_model_free(lora_model *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+            linear_free_adapters(&m->layers[l].c_attn);
+            linear_free_adapters(&m->layers[l].attn_proj);
+            linear_free_adapters(&m->layers[l].c_fc);
+            linear_free_adapters(&m->layers[l].mlp_proj);
+        }
+    }
+    tparams_free(&m->tp);
+    free(m->act_mem);
+    free(m->la);
+    free(m->tokens); /* targets share its block */
+    free(m->layers);
+    free(m->converted);
+    st_set_close(&m->files);
+    free(m->dir);
+    free(m);
+}
+
+const lora_config *lora_model_config(const lora_model *m) {
+    return &m->cfg;
+}
+
+int64_t lora_model_n_base_params(const lora_model *m) {
+    const lora_config *c = &m->cfg;
+    int64_t C = c->n_embd, F = c->n_inner;
+    int64_t per_layer = 4 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * F + F) + (F * C + C);
+    int64_t n = (int64_t)c->vocab_size * C + (int64_t)c->n_positions * C + 2 * C +
+                c->n_layer * per_layer;
+    if (!c->tie_word_embeddings) n += (int64_t)c->vocab_size * C;
+    return n;
+}
+
+/* ---- activation planning ---- */
+
+/* Floats of activations per (B, T); the single source for reserve and the memory estimate. */
+static size_t act_floats_for(const lora_config *c, size_t B, size_t T, size_t peft_scratch) {
+    size_t N = B * T, C = (size_t)c->n_embd, F = (size_t)c->n_inner, NH = (size_t)c->n_head;
+    size_t V = (size_t)c->vocab_size;
+    size_t per_layer = N * (C + 2 + 3 * C + C + C + C + 2 + 2 * F + C) + B * NH * T * T;
+    size_t total = N * C + (size_t)c->n_layer * per_layer + N * (C + 2) + N * V + 2 * N;
+    /* backward: dres, dln, dqkv, datty, dfch_a, dfch_b, attention scratch, peft scratch */
+    total += N * (C + C + 3 * C + C + 2 * F) + attention_scratch_floats((int)B, (int)T, (int)NH);
+    total += peft_scratch;
+    return total;
+}
+
+static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_error *err) {
+    const lora_config *c = &m->cfg;
+    size_t N = (size_t)B * (size_t)T, C = (size_t)c->n_embd, F = (size_t)c->n_inner;
+    size_t NH = (size_t)c->n_head, V = (size_t)c->vocab_size;
+
+    /* the adapters' per-pass storage and the scratch they share */
+    size_t scratch = 0;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        linear *sites[4] = {&m->layers[l].c_attn, &m->layers[l].attn_proj, &m->layers[l].c_fc,
+                            &m->layers[l].mlp_proj};
+        for (int s = 0; s < 4; s++)
+            for (int32_t i = 0; i < sites[s]->n_adapters; i++) {
+                adapter    *a    = &sites[s]->adapters[i];
+                size_t      need = 0;
+                lora_status st   = a->ops->reserve(a, sites[s], (int)N, &need, err);
+                if (st != LORA_OK) return st;
+                if (need > scratch) scratch = need;
+            }
+    }
+
+    size_t total = act_floats_for(c, (size_t)B, (size_t)T, scratch), bytes;
+    if (!lora_mul_ok(total, sizeof(float), &bytes))
+        return lora_errorf(err, LORA_ERR_NOMEM, "activations for B=%d T=%d overflow", (int)B,
+                           (int)T);
+    float           *mem  = malloc(bytes);
+    gpt2_layer_acts *la   = calloc((size_t)c->n_layer, sizeof *la);
+    int32_t         *toks = malloc(N * 2 * sizeof(int32_t));
+    if (!mem || !la || !toks) {
+        free(mem);
+        free(la);
+        free(toks);
+        return lora_errorf(err, LORA_ERR_NOMEM,
+                           "cannot allocate %.1f MiB of activations for B=%d T=%d (hint: lower "
+                           "--batch or --seq-len)",
+                           (double)bytes / 1048576.0, (int)B, (int)T);
+    }
+    free(m->act_mem);
+    free(m->la);
+    free(m->tokens);
+    m->act_mem    = mem;
+    m->act_floats = total;
+    m->la         = la;
+    m->tokens     = toks;
+    m->targets    = toks + N; /* same block as tokens */
+
+    float *p = mem;
+#define TAKE(ptr, n) (ptr = p, p += (n))
+    TAKE(m->encoded, N * C);
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        gpt2_layer_acts *a = &la[l];
+        TAKE(a->ln1, N * C);
+        TAKE(a->ln1_mean, N);
+        TAKE(a->ln1_rstd, N);
+        TAKE(a->qkv, N * 3 * C);
+        TAKE(a->atty, N * C);
+        TAKE(a->att, (size_t)B * NH * T * T);
+        TAKE(a->res2, N * C);
+        TAKE(a->ln2, N * C);
+        TAKE(a->ln2_mean, N);
+        TAKE(a->ln2_rstd, N);
+        TAKE(a->fch, N * F);
+        TAKE(a->fch_gelu, N * F);
+        TAKE(a->res3, N * C);
+    }
+    TAKE(m->lnf, N * C);
+    TAKE(m->lnf_mean, N);
+    TAKE(m->lnf_rstd, N);
+    TAKE(m->logits, N * V);
+    TAKE(m->losses, N);
+    TAKE(m->lse, N);
+    TAKE(m->dres, N * C);
+    TAKE(m->dln, N * C);
+    TAKE(m->dqkv, N * 3 * C);
+    TAKE(m->datty, N * C);
+    TAKE(m->dfch_a, N * F);
+    TAKE(m->dfch_b, N * F);
+    TAKE(m->att_scratch, attention_scratch_floats((int)B, (int)T, (int)NH));
+    TAKE(m->peft_scratch, scratch);
+#undef TAKE
+    LORA_ASSERT((size_t)(p - mem) == total);
+    m->peft_scratch_floats = scratch;
+    m->ctx.scratch         = m->peft_scratch;
+    m->ctx.scratch_floats  = scratch;
+    m->B_max               = B;
+    m->T_max               = T;
+    m->logits_valid        = 0;
+    m->have_targets        = 0;
+    return LORA_OK;
+}
+
+lora_status lora_model_reserve(lora_model *m, int32_t B, int32_t T, lora_error *err) {
+    if (B <= 0 || T <= 0)
+        return lora_errorf(err, LORA_ERR_ARG, "batch shape B=%d T=%d must be positive", (int)B,
+                           (int)T);
+    if (T > m->cfg.n_positions)
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "sequence length %d exceeds the model's context n_positions=%d",
+                           (int)T, (int)m->cfg.n_positions);
+    if (m->act_mem && B <= m->B_max && T <= m->T_max) return LORA_OK;
+    int32_t nb = B > m->B_max ? B : m->B_max, nt = T > m->T_max ? T : m->T_max;
+    return plan_activations(m, nb, nt, err);
+}
+
+lora_status gpt2_replan(lora_model *m, lora_error *err) {
+    if (!m->act_mem) return LORA_OK;
+    return plan_activations(m, m->B_max, m->T_max, err);
+}
+
+int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch) {
+    return (int64_t)(act_floats_for(c, (size_t)B, (size_t)T, peft_scratch) * sizeof(float));
+}
+
+/* ---- forward ---- */
+
+void lora_model_set_training(lora_model *m, int training) {
+    m->ctx.training = training != 0;
+}
+
+void lora_model_set_label_smoothing(lora_model *m, float label_smoothing) {
+    m->label_smoothing = label_smoothing;
+}
+
+const float *lora_model_logits(const lora_model *m) {
+    return m->logits_valid ? m->logits : NULL;
+}
+
+lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32_t *targets,
+                               int32_t B, int32_t T, float *loss, lora_error *err) {
+    const lora_config *c = &m->cfg;
+    lora_status        st;
+    if (!tokens) return lora_errorf(err, LORA_ERR_ARG, "forward: tokens is NULL");
+    if ((st = lora_model_reserve(m, B, T, err)) != LORA_OK) return st;
+    int    N = B * T, C = c->n_embd, F = c->n_inner, NH = c->n_head, V = c->vocab_size;
+    for (int i = 0; i < N; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return lora_errorf(err, LORA_ERR_ARG, "forward: token id %d at position %d is "
+                               "outside the vocabulary [0, %d)", (int)tokens[i], i, V);
+        if (targets && targets[i] >= V)
+            return lora_errorf(err, LORA_ERR_ARG, "forward: target id %d at position %d is "
+                               "outside the vocabulary [0, %d)", (int)targets[i], i, V);
+    }
+    memcpy(m->tokens, tokens, (size_t)N * sizeof(int32_t));
+    m->B = B;
+    m->T = T;
+    m->ctx.pass++;
+
+    encoder_forward(m->encoded, tokens, m->wte, m->wpe, B, T, C);
+    const float *residual = m->encoded;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        gpt2_layer      *ly = &m->layers[l];
+        gpt2_layer_acts *a  = &m->la[l];
+        layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual, ly->ln_1_w, ly->ln_1_b, N,
+                          C, c->layer_norm_epsilon);
+        linear_forward(&ly->c_attn, a->qkv, a->ln1, N, &m->ctx);
+        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        linear_forward(&ly->attn_proj, a->res2, a->atty, N, &m->ctx);
+        residual_forward(a->res2, a->res2, residual, (size_t)N * C);
+        layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln_2_w, ly->ln_2_b, N,
+                          C, c->layer_norm_epsilon);
+        linear_forward(&ly->c_fc, a->fch, a->ln2, N, &m->ctx);
+        if (c->activation == LORA_ACT_GELU_ERF)
+            gelu_erf_forward(a->fch_gelu, a->fch, (size_t)N * F);
+        else
+            gelu_forward(a->fch_gelu, a->fch, (size_t)N * F);
+        linear_forward(&ly->mlp_proj, a->res3, a->fch_gelu, N, &m->ctx);
+        residual_forward(a->res3, a->res3, a->res2, (size_t)N * C);
+        residual = a->res3;
+    }
+    layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual, m->ln_f_w, m->ln_f_b, N, C,
+                      c->layer_norm_epsilon);
+    /* logits (N,V) = lnf (N,C) · lm_headᵀ, lm_head (V,C) */
+    gemm(0, 1, N, V, C, 1.0f, m->lnf, C, m->lm_head, C, 0.0f, m->logits, V);
+    m->logits_valid = 1;
+    m->have_targets = targets != NULL;
+    m->n_counted    = 0;
+    if (targets) {
+        memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
+        m->n_counted =
+            crossentropy_forward(m->losses, m->lse, m->logits, targets, N, V, m->label_smoothing);
+        if (loss) {
+            double sum = 0;
+            for (int i = 0; i < N; i++) sum += m->losses[i];
+            *loss = m->n_counted ? (float)(sum / m->n_counted) : 0.0f;
+        }
+    } else if (loss) {
+        *loss = 0.0f;
+    }
+    return LORA_OK;
+}
+
+/* ---- backward ---- */
+
+lora_status lora_model_backward(lora_model *m, lora_error *err) {
+    const lora_config *c = &m->cfg;
+    if (!m->have_targets || !m->logits_valid)
+        return lora_errorf(err, LORA_ERR_STATE,
+                           "backward: needs a preceding forward with targets");
+    if (!m->attached)
+        return lora_errorf(err, LORA_ERR_STATE,
+                           "backward: no trainable parameters (attach a method first)");
+    int B = m->B, T = m->T, N = B * T, C = c->n_embd, F = c->n_inner, NH = c->n_head;
+    int V = c->vocab_size;
+    size_t NC = (size_t)N * C, NF = (size_t)N * F;
+    m->have_targets = 0;
+    m->logits_valid = 0; /* the logits buffer becomes dlogits */
+    if (m->n_counted == 0) return LORA_OK; /* mean over nothing: zero gradient */
+
+    float *dlogits = m->logits;
+    crossentropy_backward(dlogits, m->logits, m->lse, m->targets, N, V, m->label_smoothing,
+                          1.0f / (float)m->n_counted);
+    /* dlnf (N,C) = dlogits (N,V) · lm_head (V,C); dlm_head (V,C) += dlogitsᵀ · lnf */
+    gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->lm_head, C, 0.0f, m->dln, C);
+    if (m->dlm_head) gemm(1, 0, V, C, N, 1.0f, dlogits, V, m->lnf, C, 1.0f, m->dlm_head, C);
+
+    const float *last = c->n_layer ? m->la[c->n_layer - 1].res3 : m->encoded;
+    memset(m->dres, 0, NC * sizeof(float));
+    layernorm_backward(m->dres, m->dln_f_w, m->dln_f_b, m->dln, last, m->ln_f_w, m->lnf_mean,
+                       m->lnf_rstd, N, C);
+    for (int32_t l = c->n_layer - 1; l >= 0; l--) {
+        gpt2_layer      *ly       = &m->layers[l];
+        gpt2_layer_acts *a        = &m->la[l];
+        const float     *residual = l ? m->la[l - 1].res3 : m->encoded;
+        /* dres holds dL/d res3: it flows unchanged into res2 and into the MLP's output */
+        memset(m->dfch_a, 0, NF * sizeof(float));
+        linear_backward(&ly->mlp_proj, m->dfch_a, m->dres, a->fch_gelu, N, &m->ctx);
+        memset(m->dfch_b, 0, NF * sizeof(float));
+        if (c->activation == LORA_ACT_GELU_ERF)
+            gelu_erf_backward(m->dfch_b, a->fch, m->dfch_a, NF);
+        else
+            gelu_backward(m->dfch_b, a->fch, m->dfch_a, NF);
+        memset(m->dln, 0, NC * sizeof(float));
+        linear_backward(&ly->c_fc, m->dln, m->dfch_b, a->ln2, N, &m->ctx);
+        layernorm_backward(m->dres, ly->dln_2_w, ly->dln_2_b, m->dln, a->res2, ly->ln_2_w,
+                           a->ln2_mean, a->ln2_rstd, N, C);
+        /* dres now holds dL/d res2 */
+        memset(m->datty, 0, NC * sizeof(float));
+        linear_backward(&ly->attn_proj, m->datty, m->dres, a->atty, N, &m->ctx);
+        memset(m->dqkv, 0, 3 * NC * sizeof(float));
+        attention_backward(m->dqkv, m->att_scratch, m->datty, a->qkv, a->att, B, T, C, NH);
+        memset(m->dln, 0, NC * sizeof(float));
+        linear_backward(&ly->c_attn, m->dln, m->dqkv, a->ln1, N, &m->ctx);
+        layernorm_backward(m->dres, ly->dln_1_w, ly->dln_1_b, m->dln, residual, ly->ln_1_w,
+                           a->ln1_mean, a->ln1_rstd, N, C);
+        /* dres now holds dL/d (this layer's input) */
+    }
+    if (m->dwte || m->dwpe) encoder_backward(m->dwte, m->dwpe, m->dres, m->tokens, B, T, C);
+    return LORA_OK;
+}
+
+void lora_model_zero_grad(lora_model *m) {
+    if (m->tp.grad) memset(m->tp.grad, 0, m->tp.total * sizeof(float));
+}
+
+/* ---- introspection ---- */
+
+int32_t lora_model_n_file_tensors(const lora_model *m) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < m->files.n_files; i++) n += m->files.files[i].n_tensors;
+    return n;
+}
+
+lora_status lora_model_file_tensor(const lora_model *m, int32_t i, lora_file_tensor *info) {
+    for (int32_t f = 0; f < m->files.n_files; f++) {
+        const st_file *sf = &m->files.files[f];
+        if (i >= sf->n_tensors) {
+            i -= sf->n_tensors;
+            continue;
+        }
+        if (i < 0) break;
+        const st_tensor *t = &sf->tensors[i];
+        info->name         = t->name;
+        info->dtype        = st_dtype_name(t->dtype);
+        info->file         = sf->path;
+        info->ndim         = t->ndim;
+        for (int32_t d = 0; d < 8; d++) info->shape[d] = d < t->ndim ? t->shape[d] : 0;
+        info->nbytes = (int64_t)t->nbytes;
+        return LORA_OK;
+    }
+    return LORA_ERR_ARG;
+}
+
+void lora_model_weight_bytes(const lora_model *m, int64_t *mapped, int64_t *converted) {
+    int64_t conv = (int64_t)m->converted_floats * (int64_t)sizeof(float);
+    if (converted) *converted = conv;
+    if (mapped) *mapped = m->weights_bytes - conv;
+}

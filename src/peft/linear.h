@@ -1,0 +1,81 @@
+/*
+ * linear.h — the linear site: the one seam where every PEFT method meets the model.
+ *
+ * Every projection of a model is one `linear`: a frozen weight W0 (HF Conv1D layout, (in, out)),
+ * an optional bias, optional gradients (only when a method made them trainable), and the
+ * adapters attached to it. An adapter adds its term to a slice of the output columns
+ * [off, off + len), so an adapter on only the q or v third of GPT-2's fused c_attn is exact.
+ *
+ *   forward:  out = inp · W0 + b + Σ_adapters delta(inp)
+ *   backward: dinp += dout · W0ᵀ (+ the adapters' dX); dW0 and db only when trainable.
+ *
+ * Backward through a frozen W0 computes dX only — never dW, and no memory is held for one.
+ * That is where LoRA's speed and memory advantage over full fine-tuning comes from.
+ */
+#ifndef LORA_PEFT_LINEAR_H
+#define LORA_PEFT_LINEAR_H
+
+#include "lora.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LINEAR_MAX_ADAPTERS 4
+#define LINEAR_NAME_MAX     48
+
+typedef struct linear       linear;
+typedef struct adapter      adapter;
+typedef struct adapter_ops  adapter_ops;
+
+/* Per-pass context shared by all sites (training flag, dropout stream, scratch). */
+typedef struct peft_ctx {
+    int      training;
+    uint64_t seed;    /* dropout stream seed */
+    uint64_t pass;    /* forward-pass counter: backward regenerates the same dropout masks */
+    float   *scratch; /* >= scratch_floats floats, shared by every adapter (one at a time) */
+    size_t   scratch_floats;
+} peft_ctx;
+
+/* Site-level operations of an adapter kind (LoRA, AdaLoRA, ...). */
+struct adapter_ops {
+    const char *name;
+    /* out[:, off:off+len] (row stride site->out) += delta(inp); keeps what backward needs. */
+    void (*forward)(adapter *a, const linear *site, float *out, const float *inp, int N,
+                    const peft_ctx *ctx);
+    /* Accumulates the adapter's parameter gradients and, if dinp != NULL, its dX into dinp. */
+    void (*backward)(adapter *a, const linear *site, float *dinp, const float *dout,
+                     const float *inp, int N, const peft_ctx *ctx);
+    /* Plans per-pass storage for up to N rows; returns the scratch floats it needs. */
+    lora_status (*reserve)(adapter *a, const linear *site, int N, size_t *scratch_floats,
+                           lora_error *err);
+    void (*free)(adapter *a);
+};
+
+struct adapter {
+    const adapter_ops *ops;
+    int32_t            off, len; /* output columns of the site this adapter adds to */
+    uint32_t           uid;      /* stable id: dropout stream, ordering */
+    void              *state;    /* owned by ops */
+};
+
+struct linear {
+    char         name[LINEAR_NAME_MAX]; /* "h.0.attn.c_attn" */
+    int32_t      in, out;
+    const float *w;  /* (in, out) frozen unless dw != NULL */
+    const float *b;  /* (out) or NULL */
+    float       *dw; /* (in, out) or NULL: frozen */
+    float       *db; /* (out) or NULL: frozen */
+    int32_t      n_adapters;
+    adapter      adapters[LINEAR_MAX_ADAPTERS];
+};
+
+/* out (N, site->out) = inp (N, site->in) · W0 + b + adapters. Overwrites out. */
+void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx);
+/* dinp (N, in) += dout · W0ᵀ + adapters' dX (dinp may be NULL); trainable grads accumulate. */
+void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
+                     const peft_ctx *ctx);
+/* Appends an adapter (its ops and state already set); LORA_ERR_STATE when the site is full. */
+lora_status linear_attach(linear *site, const adapter *a, lora_error *err);
+void        linear_free_adapters(linear *site);
+
+#endif

@@ -1,0 +1,203 @@
+/*
+ * lora.c — LoRA (Hu et al., 2022): h = W0·x + s·B·(A·dropout(x)), s = alpha / r
+ * (rsLoRA: alpha / sqrt(r)). A (r, in) is Kaiming-uniform (a = sqrt 5, as PEFT) or Gaussian
+ * N(0, 1/r); B (len, r) starts at zero so that ΔW = 0 at step 0. Only A and B are trainable.
+ *
+ * Per pass an adapter keeps u = A·dropout(x) (N, r) for backward; dropout masks are not stored
+ * but regenerated from (seed, adapter id, pass) in backward.
+ *
+ * N = rows (B*T), r = rank, in = site input width, len = output slice width.
+ */
+#include "core/error.h"
+#include "core/kernels.h"
+#include "core/rng.h"
+#include "peft/peft.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct lora_state {
+    int32_t r, in, len;
+    float   scale;   /* alpha / r, or alpha / sqrt(r) */
+    float   dropout; /* probability of zeroing an input element, training only */
+    float  *A, *dA;  /* (r, in), bound by the registry */
+    float  *B, *dB;  /* (len, r) */
+    float  *u;       /* (n_max, r) saved A·x, owned */
+    int32_t n_max;
+} lora_state;
+
+/* x_drop (N, in) = x ⊙ mask / (1 - p), the mask regenerated from the pass counter. */
+static void dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key) {
+    float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = rng_uniform(key, i) >= p ? x[i] * keep_scale : 0.0f;
+}
+
+static uint64_t dropout_key(const adapter *a, const peft_ctx *ctx) {
+    return rng_key(ctx->seed, 0x10000u + a->uid, ctx->pass);
+}
+
+static void lora_forward(adapter *a, const linear *site, float *out, const float *inp, int N,
+                         const peft_ctx *ctx) {
+    lora_state  *s   = a->state;
+    const float *src = inp;
+    LORA_ASSERT(N <= s->n_max);
+    if (ctx->training && s->dropout > 0.0f) {
+        dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout, dropout_key(a, ctx));
+        src = ctx->scratch;
+    }
+    /* u (N,r) = x · Aᵀ;  out[:, off:off+len] += s · u · Bᵀ */
+    gemm(0, 1, N, s->r, s->in, 1.0f, src, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    gemm(0, 1, N, s->len, s->r, s->scale, s->u, s->r, s->B, s->r, 1.0f, out + a->off, site->out);
+}
+
+static void lora_backward(adapter *a, const linear *site, float *dinp, const float *dout,
+                          const float *inp, int N, const peft_ctx *ctx) {
+    lora_state  *s       = a->state;
+    int          dropped = ctx->training && s->dropout > 0.0f;
+    float       *xd      = ctx->scratch;                     /* (N, in) */
+    float       *du      = ctx->scratch + (size_t)N * s->in; /* (N, r) */
+    const float *dslice  = dout + a->off;                    /* (N, len), row stride site->out */
+    const float *src     = inp;
+    /* du (N,r) = s · dout_slice · B;  dB (len,r) += s · dout_sliceᵀ · u */
+    gemm(0, 0, N, s->r, s->len, s->scale, dslice, site->out, s->B, s->r, 0.0f, du, s->r);
+    gemm(1, 0, s->len, s->r, N, s->scale, dslice, site->out, s->u, s->r, 1.0f, s->dB, s->r);
+    if (dropped) {
+        dropout_apply(xd, inp, (size_t)N * s->in, s->dropout, dropout_key(a, ctx));
+        src = xd;
+    }
+    /* dA (r,in) += duᵀ · x_drop */
+    gemm(1, 0, s->r, s->in, N, 1.0f, du, s->r, src, s->in, 1.0f, s->dA, s->in);
+    if (!dinp) return;
+    if (!dropped) {
+        gemm(0, 0, N, s->in, s->r, 1.0f, du, s->r, s->A, s->in, 1.0f, dinp, s->in);
+        return;
+    }
+    /* dx = (du · A) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
+    gemm(0, 0, N, s->in, s->r, 1.0f, du, s->r, s->A, s->in, 0.0f, xd, s->in);
+    uint64_t key  = dropout_key(a, ctx);
+    float    keep = 1.0f / (1.0f - s->dropout);
+    size_t   n    = (size_t)N * s->in;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        if (rng_uniform(key, i) >= s->dropout) dinp[i] += xd[i] * keep;
+}
+
+static lora_status lora_reserve(adapter *a, const linear *site, int N, size_t *scratch,
+                                lora_error *err) {
+    lora_state *s = a->state;
+    if (N > s->n_max) {
+        float *u = realloc(s->u, (size_t)N * (size_t)s->r * sizeof(float));
+        if (!u) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
+        s->u     = u;
+        s->n_max = N;
+    }
+    *scratch = (size_t)N * (size_t)(s->in + s->r);
+    return LORA_OK;
+}
+
+static void lora_free_state(adapter *a) {
+    lora_state *s = a->state;
+    if (s) free(s->u);
+    free(s);
+    a->state = NULL;
+}
+
+const adapter_ops lora_adapter_ops = {
+    .name     = "lora",
+    .forward  = lora_forward,
+    .backward = lora_backward,
+    .reserve  = lora_reserve,
+    .free     = lora_free_state,
+};
+
+/* ---- the model-level method ---- */
+
+typedef struct lora_slot {
+    uint32_t    bit;
+    const char *suffix; /* name under the layer: "attn.c_attn.q" */
+    int         site;   /* 0 c_attn, 1 attn_proj, 2 c_fc, 3 mlp_proj */
+    int         slice;  /* -1 whole site, else q/k/v third of c_attn */
+} lora_slot;
+
+static const lora_slot lora_slots[] = {
+    {LORA_TARGET_C_ATTN, "attn.c_attn", 0, -1},    {LORA_TARGET_Q, "attn.c_attn.q", 0, 0},
+    {LORA_TARGET_K, "attn.c_attn.k", 0, 1},        {LORA_TARGET_V, "attn.c_attn.v", 0, 2},
+    {LORA_TARGET_ATTN_PROJ, "attn.c_proj", 1, -1}, {LORA_TARGET_MLP_FC, "mlp.c_fc", 2, -1},
+    {LORA_TARGET_MLP_PROJ, "mlp.c_proj", 3, -1},
+};
+
+static lora_status lora_plan(lora_model *m, const lora_adapter_params *p, lora_error *err) {
+    if (p->r <= 0) return lora_errorf(err, LORA_ERR_ARG, "LoRA rank r=%d must be positive", p->r);
+    if (!(p->dropout >= 0.0f && p->dropout < 1.0f))
+        return lora_errorf(err, LORA_ERR_ARG, "LoRA dropout %g must be in [0, 1)", p->dropout);
+    if (!p->targets) return lora_errorf(err, LORA_ERR_ARG, "LoRA: no target modules");
+    if ((p->targets & LORA_TARGET_C_ATTN) &&
+        (p->targets & (LORA_TARGET_Q | LORA_TARGET_K | LORA_TARGET_V)))
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "LoRA targets: c_attn (the whole fused projection) and its q/k/v "
+                           "slices cannot both be targeted");
+    int32_t C = m->cfg.n_embd;
+    uint32_t uid = 0;
+    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+        gpt2_layer *ly       = &m->layers[l];
+        linear     *sites[4] = {&ly->c_attn, &ly->attn_proj, &ly->c_fc, &ly->mlp_proj};
+        for (size_t k = 0; k < sizeof lora_slots / sizeof lora_slots[0]; k++) {
+            const lora_slot *sl = &lora_slots[k];
+            if (!(p->targets & sl->bit)) continue;
+            linear     *site = sites[sl->site];
+            lora_state *s    = calloc(1, sizeof *s);
+            if (!s) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
+            s->r       = p->r;
+            s->in      = site->in;
+            s->len     = sl->slice < 0 ? site->out : C;
+            s->scale   = p->use_rslora ? p->alpha / sqrtf((float)p->r) : p->alpha / (float)p->r;
+            s->dropout = p->dropout;
+            adapter a  = {&lora_adapter_ops, sl->slice < 0 ? 0 : sl->slice * C, s->len, uid++, s};
+            lora_status st = linear_attach(site, &a, err);
+            if (st != LORA_OK) {
+                free(s);
+                return st;
+            }
+            char    name[TPARAM_NAME_MAX];
+            int64_t shape_a[2] = {s->r, s->in}, shape_b[2] = {s->len, s->r};
+            snprintf(name, sizeof name, "h.%d.%s.lora_A", (int)l, sl->suffix);
+            int rc = tparams_add(&m->tp, name, 2, shape_a, NULL, &s->A, NULL, &s->dA, err);
+            if (rc < 0) return (lora_status)rc;
+            snprintf(name, sizeof name, "h.%d.%s.lora_B", (int)l, sl->suffix);
+            rc = tparams_add(&m->tp, name, 2, shape_b, NULL, &s->B, NULL, &s->dB, err);
+            if (rc < 0) return (lora_status)rc;
+        }
+    }
+    return LORA_OK;
+}
+
+static lora_status lora_init_params(lora_model *m, const lora_adapter_params *p,
+                                    lora_error *err) {
+    (void)err;
+    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+        gpt2_layer *ly       = &m->layers[l];
+        linear     *sites[4] = {&ly->c_attn, &ly->attn_proj, &ly->c_fc, &ly->mlp_proj};
+        for (int k = 0; k < 4; k++)
+            for (int32_t i = 0; i < sites[k]->n_adapters; i++) {
+                adapter *a = &sites[k]->adapters[i];
+                if (a->ops != &lora_adapter_ops) continue;
+                lora_state *s   = a->state;
+                uint64_t    key = rng_key(p->seed, a->uid, 0);
+                size_t      n   = (size_t)s->r * (size_t)s->in;
+                if (p->init == LORA_INIT_GAUSSIAN) {
+                    float std = 1.0f / (float)s->r;
+                    for (size_t j = 0; j < n; j++) s->A[j] = std * rng_normal(key, j);
+                } else {
+                    float bound = 1.0f / sqrtf((float)s->in);
+                    for (size_t j = 0; j < n; j++)
+                        s->A[j] = bound * (2.0f * rng_uniform(key, j) - 1.0f);
+                }
+                memset(s->B, 0, (size_t)s->len * (size_t)s->r * sizeof(float));
+            }
+    }
+    return LORA_OK;
+}
+
+const peft_method peft_method_lora = {"lora", lora_plan, lora_init_params};
