@@ -1,0 +1,342 @@
+/*
+ * test_model.c — the model and PEFT layer without the oracle: bad checkpoints, the LoRA
+ * invariants (ΔW = 0 at step 0, frozen sites hold no dW), dropout, save/load of trainable
+ * tensors, argument checks, schedules and the memory estimate.
+ */
+#include "model/gpt2.h"
+#include "test_helper.h"
+#include "tiny_model.h"
+
+#include <math.h>
+#include <string.h>
+
+static char root[4096];
+
+/* Loads DIR expecting failure status `want`; the message must name the file and the problem. */
+static void expect_load_error(const char *dir, lora_status want, const char *must_contain) {
+    lora_model *m = NULL;
+    lora_error  err;
+    memset(&err, 0, sizeof err);
+    lora_status st = lora_model_load(dir, &m, &err);
+    test_condf(st == want, "%s: status %d, expected %d (%s)", dir, st, want, err.msg);
+    test_condf(m == NULL, "%s: model returned on failure", dir);
+    test_condf(strstr(err.msg, dir) != NULL, "error does not name the directory: %s", err.msg);
+    test_condf(strstr(err.msg, must_contain) != NULL, "error '%s' lacks '%s'", err.msg,
+               must_contain);
+    test_condf(strchr(err.msg, '\n') == NULL, "error is not one line: %s", err.msg);
+    lora_model_free(m);
+}
+
+static void test_bad_checkpoints(void) {
+    lora_config c = tiny_config();
+    char        dir[4200];
+    tiny_opts   o;
+
+    memset(&o, 0, sizeof o);
+    o.skip = "h.1.mlp.c_fc.bias";
+    snprintf(dir, sizeof dir, "%s/missing", root);
+    tiny_write(dir, &c, &o, 1);
+    expect_load_error(dir, LORA_ERR_MISSING, "h.1.mlp.c_fc.bias");
+
+    memset(&o, 0, sizeof o);
+    o.bad_shape = "h.0.attn.c_proj.weight";
+    snprintf(dir, sizeof dir, "%s/shape", root);
+    tiny_write(dir, &c, &o, 1);
+    expect_load_error(dir, LORA_ERR_SHAPE, "(33, 32)");
+
+    memset(&o, 0, sizeof o);
+    o.bad_dtype = "wpe.weight";
+    snprintf(dir, sizeof dir, "%s/dtype", root);
+    tiny_write(dir, &c, &o, 1);
+    expect_load_error(dir, LORA_ERR_UNSUPPORTED, "I32");
+
+    /* config.json that disagrees with the tensors */
+    memset(&o, 0, sizeof o);
+    snprintf(dir, sizeof dir, "%s/cfg", root);
+    tiny_write(dir, &c, &o, 1);
+    lora_config wrong = c;
+    wrong.n_embd      = 64;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    hf_config_write(path, &wrong, "float32", NULL);
+    expect_load_error(dir, LORA_ERR_SHAPE, "wte.weight");
+
+    /* malformed config.json */
+    lora_write_file_atomic(path, "{\"n_layer\": 2,", 14, NULL);
+    expect_load_error(dir, LORA_ERR_FORMAT, "config.json");
+
+    /* truncated safetensors */
+    snprintf(dir, sizeof dir, "%s/trunc", root);
+    tiny_write(dir, &c, &o, 1);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    test_cond("truncate", truncate(path, 4000) == 0);
+    expect_load_error(dir, LORA_ERR_FORMAT, "model.safetensors");
+
+    /* no weights at all */
+    snprintf(dir, sizeof dir, "%s/noweights", root);
+    tiny_write(dir, &c, &o, 1);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    lora_model *m = NULL;
+    lora_error  err;
+    test_cond("no weights fails", lora_model_load(dir, &m, &err) != LORA_OK && m == NULL);
+}
+
+static lora_model *load_tiny(const char *name, int f16) {
+    lora_config c = tiny_config();
+    tiny_opts   o;
+    memset(&o, 0, sizeof o);
+    o.f16 = f16;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    tiny_write(dir, &c, &o, 3);
+    lora_model *m = NULL;
+    lora_error  err;
+    test_condf(lora_model_load(dir, &m, &err) == LORA_OK, "load %s: %s", dir, err.msg);
+    return m;
+}
+
+static void make_batch(int32_t *tok, int32_t *tgt, int B, int T, int V) {
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)((i * 7 + 3) % V);
+        tgt[i] = (i % T) < 2 ? -1 : (int32_t)((i * 5 + 1) % V);
+    }
+}
+
+static void test_lora_invariants(void) {
+    enum { B = 2, T = 12 };
+    int32_t     tok[B * T], tgt[B * T];
+    lora_error  err;
+    lora_model *base = load_tiny("inv", 0);
+    lora_model *m    = load_tiny("inv", 0);
+    if (!base || !m) return;
+    int V = lora_model_config(m)->vocab_size;
+    make_batch(tok, tgt, B, T, V);
+    float lb, lm;
+    lora_model_forward(base, tok, tgt, B, T, &lb, &err);
+
+    lora_adapter_params p = lora_adapter_params_default();
+    p.targets             = LORA_TARGET_ALL_LINEAR;
+    p.dropout             = 0.0f;
+    test_condf(lora_model_attach(m, &p, &err) == LORA_OK, "attach: %s", err.msg);
+    test_condf(lora_model_attach(m, &p, &err) == LORA_ERR_STATE, "second attach must fail");
+    lora_model_forward(m, tok, tgt, B, T, &lm, &err);
+    size_t n = (size_t)B * T * (size_t)V;
+    test_condf(test_max_abs_diff(lora_model_logits(m), lora_model_logits(base), n) == 0.0,
+               "B = 0 at init must leave the logits bit-identical");
+    test_cond("same loss", lb == lm);
+
+    /* frozen sites: no dW, no db; LoRA tensors 2 per site */
+    int frozen = 1;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        gpt2_layer *ly = &m->layers[l];
+        frozen &= !ly->c_attn.dw && !ly->c_attn.db && !ly->attn_proj.dw && !ly->c_fc.dw &&
+                  !ly->mlp_proj.dw && !ly->dln_1_w && !ly->dln_2_b;
+        frozen &= ly->c_attn.n_adapters == 1 && ly->mlp_proj.n_adapters == 1;
+    }
+    test_cond("LoRA leaves every base weight without a gradient", frozen && !m->dwte && !m->dwpe);
+    test_condf(lora_model_n_trainable(m) == 2 * 4 * m->cfg.n_layer, "trainable tensors %d",
+               lora_model_n_trainable(m));
+
+    /* Kaiming-uniform bound 1/sqrt(in) on A, B zero */
+    lora_tensor_info a, b;
+    test_cond("find A", lora_model_trainable_find(m, "h.1.mlp.c_proj.lora_A", &a) == LORA_OK);
+    test_cond("find B", lora_model_trainable_find(m, "h.1.mlp.c_proj.lora_B", &b) == LORA_OK);
+    float bound = 1.0f / sqrtf((float)m->cfg.n_inner), amax = 0, bmax = 0;
+    for (int64_t i = 0; i < a.numel; i++) amax = fmaxf(amax, fabsf(a.data[i]));
+    for (int64_t i = 0; i < b.numel; i++) bmax = fmaxf(bmax, fabsf(b.data[i]));
+    test_condf(amax <= bound && amax > 0.8f * bound, "A max %g, bound %g", amax, bound);
+    test_cond("B starts at zero", bmax == 0.0f);
+    test_cond("A shape (r, in)", a.shape[0] == 8 && a.shape[1] == m->cfg.n_inner);
+    test_cond("B shape (out, r)", b.shape[0] == m->cfg.n_embd && b.shape[1] == 8);
+
+    /* save / load trainable round trip, and a mismatched file */
+    char path[4300];
+    snprintf(path, sizeof path, "%s/trainable.safetensors", root);
+    for (int64_t i = 0; i < b.numel; i++) b.data[i] = 0.01f * (float)(i % 7);
+    test_condf(lora_model_save_trainable(m, path, &err) == LORA_OK, "save: %s", err.msg);
+    float keep = b.data[3];
+    memset(b.data, 0, (size_t)b.numel * sizeof(float));
+    test_condf(lora_model_load_trainable(m, path, &err) == LORA_OK, "load: %s", err.msg);
+    test_cond("round trip", b.data[3] == keep);
+
+    lora_model         *m2 = load_tiny("inv", 0);
+    lora_adapter_params p2 = p;
+    p2.r                   = 4;
+    lora_model_attach(m2, &p2, &err);
+    test_cond("rank mismatch refused",
+              lora_model_load_trainable(m2, path, &err) == LORA_ERR_SHAPE &&
+                  strstr(err.msg, "expects") && strstr(err.msg, path));
+    lora_model_free(m2);
+
+    /* argument checks */
+    int32_t bad[B * T];
+    memcpy(bad, tok, sizeof bad);
+    bad[5] = V;
+    test_cond("token out of range",
+              lora_model_forward(m, bad, NULL, B, T, &lm, &err) == LORA_ERR_ARG);
+    test_cond("T past the context",
+              lora_model_forward(m, tok, NULL, 1, m->cfg.n_positions + 1, &lm, &err) ==
+                  LORA_ERR_ARG);
+    lora_model_forward(m, tok, NULL, B, T, &lm, &err);
+    test_cond("backward without targets", lora_model_backward(m, &err) == LORA_ERR_STATE);
+    lora_model_free(m);
+    lora_model_free(base);
+}
+
+/* Dropout: eval is deterministic and mask-free; training masks are reproducible per pass and
+ * the backward uses the same mask (checked against a finite difference). */
+static void test_dropout(void) {
+    enum { B = 2, T = 10 };
+    int32_t     tok[B * T], tgt[B * T];
+    lora_error  err;
+    lora_model *m = load_tiny("drop", 0);
+    if (!m) return;
+    int V = m->cfg.vocab_size;
+    make_batch(tok, tgt, B, T, V);
+    lora_adapter_params p = lora_adapter_params_default();
+    p.dropout             = 0.3f;
+    lora_model_attach(m, &p, &err);
+    lora_tensor_info a, b;
+    lora_model_trainable_find(m, "h.0.attn.c_attn.v.lora_A", &a);
+    lora_model_trainable_find(m, "h.0.attn.c_attn.v.lora_B", &b);
+    for (int64_t i = 0; i < b.numel; i++) b.data[i] = 0.05f * sinf((float)i);
+
+    float e1, e2, t1, t2;
+    lora_model_set_training(m, 0);
+    lora_model_forward(m, tok, tgt, B, T, &e1, &err);
+    lora_model_forward(m, tok, tgt, B, T, &e2, &err);
+    test_cond("eval mode is deterministic", e1 == e2);
+    lora_model_set_training(m, 1);
+    uint64_t pass = m->ctx.pass;
+    lora_model_forward(m, tok, tgt, B, T, &t1, &err);
+    test_cond("training mode drops", t1 != e1);
+    m->ctx.pass = pass;
+    lora_model_forward(m, tok, tgt, B, T, &t2, &err);
+    test_cond("a pass's mask is reproducible", t1 == t2);
+
+    /* d loss / d A[i] against a central difference under the same mask */
+    lora_model_zero_grad(m);
+    m->ctx.pass = pass;
+    lora_model_forward(m, tok, tgt, B, T, &t1, &err);
+    lora_model_backward(m, &err);
+    int   idx = 5;
+    float g   = a.grad[idx], h = 1e-2f, w0 = a.data[idx], lp, lm;
+    a.data[idx] = w0 + h;
+    m->ctx.pass = pass;
+    lora_model_forward(m, tok, tgt, B, T, &lp, &err);
+    a.data[idx] = w0 - h;
+    m->ctx.pass = pass;
+    lora_model_forward(m, tok, tgt, B, T, &lm, &err);
+    a.data[idx] = w0;
+    double fd   = ((double)lp - lm) / (2.0 * h);
+    test_condf(fabs(fd - g) <= 2e-2 * fabs(g) + 1e-6, "dropout grad %g vs finite diff %g", g, fd);
+    lora_model_free(m);
+}
+
+static void test_f16_and_methods(void) {
+    enum { B = 1, T = 8 };
+    int32_t     tok[B * T], tgt[B * T];
+    lora_error  err;
+    lora_model *m = load_tiny("half", 1);
+    if (!m) return;
+    int64_t mapped, conv;
+    lora_model_weight_bytes(m, &mapped, &conv);
+    test_condf(conv == m->weights_bytes && mapped == 0, "F16 weights converted: %lld",
+               (long long)conv);
+    lora_model *f = load_tiny("f32", 0);
+    lora_model_weight_bytes(f, &mapped, &conv);
+    test_condf(conv == 0 && mapped == f->weights_bytes, "F32 weights mapped in place");
+    lora_model_free(f);
+
+    make_batch(tok, tgt, B, T, m->cfg.vocab_size);
+    lora_adapter_params p = lora_adapter_params_default();
+    p.method              = LORA_METHOD_BITFIT;
+    test_condf(lora_model_attach(m, &p, &err) == LORA_OK, "bitfit: %s", err.msg);
+    test_cond("BitFit: biases only", m->layers[0].c_attn.db && !m->layers[0].c_attn.dw &&
+                                         m->dln_f_b && !m->dln_f_w && !m->dwte);
+    float l0, l1;
+    lora_optim_params o = lora_optim_params_default();
+    o.lr = 1e-2f, o.warmup_steps = 0;
+    o.schedule = LORA_SCHEDULE_CONSTANT;
+    for (int s = 0; s < 5; s++) {
+        lora_model_zero_grad(m);
+        lora_model_forward(m, tok, tgt, B, T, s ? &l1 : &l0, &err);
+        lora_model_backward(m, &err);
+        lora_model_step(m, &o, o.lr, NULL, &err);
+    }
+    test_condf(l1 < l0, "BitFit on F16 weights lowers the loss: %g -> %g", l0, l1);
+    lora_model_free(m);
+
+    lora_model *b = load_tiny("badparams", 0);
+    p         = lora_adapter_params_default();
+    p.r       = 0;
+    test_cond("r = 0 refused", lora_model_attach(b, &p, &err) == LORA_ERR_ARG);
+    p         = lora_adapter_params_default();
+    p.targets = LORA_TARGET_C_ATTN | LORA_TARGET_Q;
+    test_cond("c_attn with q refused", lora_model_attach(b, &p, &err) == LORA_ERR_ARG);
+    p         = lora_adapter_params_default();
+    test_cond("attach after failures", lora_model_attach(b, &p, &err) == LORA_OK);
+    lora_model_free(b);
+}
+
+static void test_targets_and_schedules(void) {
+    uint32_t   t;
+    lora_error err;
+    test_cond("q,v", lora_targets_parse("q, v", &t, &err) == LORA_OK &&
+                         t == (LORA_TARGET_Q | LORA_TARGET_V));
+    test_cond("all", lora_targets_parse("all", &t, &err) == LORA_OK && t == LORA_TARGET_ALL_LINEAR);
+    test_cond("mlp.c_proj", lora_targets_parse("c_proj,mlp.c_proj", &t, &err) == LORA_OK &&
+                                t == (LORA_TARGET_ATTN_PROJ | LORA_TARGET_MLP_PROJ));
+    test_cond("unknown", lora_targets_parse("q,x", &t, &err) == LORA_ERR_ARG &&
+                             strstr(err.msg, "'x'"));
+
+    lora_optim_params o = lora_optim_params_default();
+    o.lr = 1.0f, o.warmup_steps = 10, o.total_steps = 110;
+    o.schedule = LORA_SCHEDULE_LINEAR;
+    test_cond("warm-up start", lora_schedule_lr(&o, 0) == 0.0f);
+    test_cond("warm-up mid", fabsf(lora_schedule_lr(&o, 5) - 0.5f) < 1e-7f);
+    test_cond("linear peak", fabsf(lora_schedule_lr(&o, 10) - 1.0f) < 1e-7f);
+    test_cond("linear mid", fabsf(lora_schedule_lr(&o, 60) - 0.5f) < 1e-7f);
+    test_cond("linear end", lora_schedule_lr(&o, 110) == 0.0f && lora_schedule_lr(&o, 200) == 0);
+    o.schedule = LORA_SCHEDULE_COSINE;
+    test_cond("cosine mid", fabsf(lora_schedule_lr(&o, 60) - 0.5f) < 1e-6f);
+    test_cond("cosine quarter", fabsf(lora_schedule_lr(&o, 35) - 0.8535534f) < 1e-6f);
+    o.schedule = LORA_SCHEDULE_CONSTANT;
+    test_cond("constant", lora_schedule_lr(&o, 100) == 1.0f);
+}
+
+static void test_estimate(void) {
+    lora_config          c = tiny_config();
+    lora_adapter_params  p = lora_adapter_params_default();
+    lora_memory_estimate lo, full;
+    lora_error           err;
+    test_cond("estimate lora", lora_estimate_memory(&c, &p, 2, 16, &lo, &err) == LORA_OK);
+    p.method = LORA_METHOD_FULL;
+    test_cond("estimate full", lora_estimate_memory(&c, &p, 2, 16, &full, &err) == LORA_OK);
+    test_cond("full trains more", full.trainable_bytes > 10 * lo.trainable_bytes);
+    test_cond("T past context", lora_estimate_memory(&c, &p, 2, 17, &lo, &err) == LORA_ERR_ARG);
+    /* the estimate's activation term is the one the model allocates */
+    lora_model *m = load_tiny("est", 0);
+    p             = lora_adapter_params_default();
+    lora_model_attach(m, &p, &err);
+    lora_model_reserve(m, 2, 16, &err);
+    lora_estimate_memory(&c, &p, 2, 16, &lo, &err);
+    int64_t lora_u = 0; /* per-adapter saved A·x, allocated by the adapters themselves */
+    lora_u         = (int64_t)2 * 16 * p.r * 2 * c.n_layer * (int64_t)sizeof(float);
+    test_condf((int64_t)(m->act_floats * sizeof(float)) + lora_u == lo.activation_bytes,
+               "activation estimate %lld vs planned %lld", (long long)lo.activation_bytes,
+               (long long)(m->act_floats * sizeof(float)) + lora_u);
+    lora_model_free(m);
+}
+
+int main(void) {
+    tiny_tmpdir(root, sizeof root, "test_model");
+    test_bad_checkpoints();
+    test_lora_invariants();
+    test_dropout();
+    test_f16_and_methods();
+    test_targets_and_schedules();
+    test_estimate();
+    return test_report("test_model");
+}
