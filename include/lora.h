@@ -254,6 +254,136 @@ lora_status lora_estimate_memory(const lora_config *cfg, const lora_adapter_para
                                  int32_t B, int32_t T, lora_memory_estimate *out,
                                  lora_error *err);
 
+/* ---- PEFT adapter directories ---- */
+
+/*
+ * Writes the attached LoRA adapter as a PEFT directory: adapter_config.json (peft_type LORA,
+ * task_type CAUSAL_LM, r, lora_alpha, target_modules, lora_dropout, fan_in_fan_out true,
+ * use_rslora, base_model_name_or_path) and adapter_model.safetensors with PEFT's key names
+ * (base_model.model.transformer.h.N.<module>.lora_A.weight (r, in), lora_B.weight (out, r)).
+ * Adapters on q/k/v slices of c_attn are written as one c_attn adapter of rank (slices x r)
+ * with block-structured A and B and lora_alpha scaled to keep alpha / r (PEFT cannot target a
+ * slice of a fused projection). Files are written atomically; DIR is created if needed.
+ */
+lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_model_name,
+                              lora_error *err);
+
+/*
+ * Attaches the adapter in a PEFT directory (ours or PEFT's) to a model that has no method
+ * attached yet, with its trainable values loaded. A c_attn adapter whose A and B have the
+ * block structure written above is restored as q/k/v slice adapters. Shape mismatches name the
+ * tensor, both shapes, and hint that the adapter may be for another base model.
+ */
+lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err);
+
+/* ---- generation (KV cache) ---- */
+
+/*
+ * A decoder runs the model's forward pass incrementally for n_seq independent sequences, each
+ * of up to max_len tokens, keeping every layer's keys and values (a KV cache of
+ * 2 x L x n_seq x max_len x C floats) so that each new token costs one row of work instead of a
+ * forward over the whole sequence. Adapters attached to the model (LoRA, unmerged) are applied,
+ * without dropout; logits equal lora_model_forward's at the same positions (to rounding).
+ *
+ * The decoder BORROWS the model: free the decoder before the model. It shares the adapters'
+ * per-pass buffers with the model, so its calls must not run concurrently with another decoder
+ * or a forward/backward on the same model, nor fall between a lora_model_forward and its
+ * lora_model_backward. Everything is allocated at lora_decoder_init; feeding and stepping
+ * allocate nothing (except once, if a method is attached to the model after the decoder was
+ * created). On failure a call returns the reason and leaves the decoder unchanged.
+ */
+typedef struct lora_decoder lora_decoder;
+
+/*
+ * Creates a decoder for n_seq >= 1 sequences of up to max_len tokens each; max_len <= 0 means
+ * the model's context n_positions, and max_len > n_positions is LORA_ERR_ARG. The largest
+ * single forward it runs has max(max_len, n_seq) rows. On success *out is owned by the caller:
+ * free it with lora_decoder_free (before the model). LORA_ERR_NOMEM when the cache does not fit.
+ */
+lora_status lora_decoder_init(lora_model *m, int32_t n_seq, int32_t max_len, lora_decoder **out,
+                              lora_error *err);
+void        lora_decoder_free(lora_decoder *d);
+
+/*
+ * Appends tokens[0..n) to sequence seq in one forward pass over only those tokens (a prefill
+ * when n > 1), at positions continuing from the sequence's length, and keeps the logits of the
+ * last one (see lora_decoder_logits). LORA_ERR_ARG for seq outside [0, n_seq), n < 1 or an id
+ * outside [0, vocab); LORA_ERR_STATE when length + n would exceed max_len (the sequence is
+ * full: reset it or copy another over it).
+ */
+lora_status lora_decoder_feed(lora_decoder *d, int32_t seq, const int32_t *tokens, int32_t n,
+                              lora_error *err);
+
+/*
+ * Advances every sequence by one token, tokens (n_seq), in one forward whose rows are the
+ * sequences (row s is sequence s at its own position). Sequences may have different lengths,
+ * including 0. Same errors as lora_decoder_feed; LORA_ERR_STATE when any sequence is full.
+ */
+lora_status lora_decoder_step_all(lora_decoder *d, const int32_t *tokens, lora_error *err);
+
+/* The logits (V) after the last token fed to seq, valid until that sequence is next fed, reset
+ * or overwritten by a copy; NULL when seq is out of range or holds no tokens. */
+const float *lora_decoder_logits(const lora_decoder *d, int32_t seq);
+
+/* Tokens held by sequence seq (0 .. max_len); -1 when seq is out of range. */
+int32_t lora_decoder_length(const lora_decoder *d, int32_t seq);
+
+/* The max_len the decoder was created with (n_positions when 0 was asked for). */
+int32_t lora_decoder_max_len(const lora_decoder *d);
+
+/* Empties sequence seq, or every sequence when seq < 0. Seq >= n_seq is ignored. */
+void lora_decoder_reset(lora_decoder *d, int32_t seq);
+
+/*
+ * Makes sequence dst an exact copy of sequence src (its cache, length and logits), e.g. to
+ * fork a beam. dst == src is a no-op. LORA_ERR_ARG when either is outside [0, n_seq).
+ */
+lora_status lora_decoder_copy_seq(lora_decoder *d, int32_t dst, int32_t src, lora_error *err);
+
+/* ---- sampling ---- */
+
+/*
+ * How the next token is drawn from logits z (V), in this order (as Hugging Face's
+ * generate): z / temperature; keep the top_k largest; softmax; keep the smallest set of the
+ * most probable tokens whose mass reaches top_p (the nucleus, Holtzman et al. 2020); draw one
+ * token from the renormalised kept mass. Ties in ranking go to the lower id.
+ */
+typedef struct lora_sampler_params {
+    float    temperature; /* > 0; <= 0 means greedy */
+    int32_t  top_k;       /* keep the k most likely tokens; <= 0 (or >= V) keeps all */
+    float    top_p;       /* nucleus mass in (0, 1); >= 1 keeps all */
+    int32_t  greedy;      /* 1: argmax (the lowest id among equal maxima); the rest is ignored */
+    uint64_t seed;        /* with the draw index, determines every draw */
+} lora_sampler_params;
+
+/* Defaults: temperature 1, top_k 0, top_p 1 (plain sampling from the softmax), greedy 0,
+ * seed 42. */
+lora_sampler_params lora_sampler_params_default(void);
+
+/* A sampler holds the parameters and O(V) scratch, so that sampling allocates nothing. */
+typedef struct lora_sampler lora_sampler;
+
+/*
+ * Creates a sampler for vocabularies of up to n_vocab logits. LORA_ERR_ARG for n_vocab < 1,
+ * a NaN temperature or top_p <= 0. On success *out is owned by the caller: free it with
+ * lora_sampler_free.
+ */
+lora_status lora_sampler_init(const lora_sampler_params *p, int32_t n_vocab, lora_sampler **out,
+                              lora_error *err);
+void        lora_sampler_free(lora_sampler *s);
+
+/*
+ * Draws a token id from logits (the n_vocab given at init). The draw is a pure function of
+ * (params, logits, draw): the same draw index gives the same token, so callers number their
+ * draws (e.g. sequence * max_len + position) to make a run reproducible. NaN logits count as
+ * -infinity; when every logit is -infinity or NaN the result is 0. Not thread-safe on one
+ * sampler (it uses the sampler's scratch).
+ */
+int32_t lora_sampler_sample(lora_sampler *s, const float *logits, uint64_t draw);
+
+/* Index of the largest logit, the lowest among equal maxima; NaN counts as -infinity. */
+int32_t lora_argmax(const float *logits, int32_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -38,15 +38,15 @@ static inline float exp_fast(float x) {
     const float shifter = 12582912.0f;
     float       t       = fmaf(xc, 1.44269504088896341f, shifter);
     float       n       = t - shifter;
-    float       r       = fmaf(n, -0.693359375f, xc);      /* ln2 high part (exact in n·) */
-    r                   = fmaf(n, 2.12194440e-4f, r);      /* ln2 low part */
-    float p = 1.9875691500e-4f;
-    p       = fmaf(p, r, 1.3981999507e-3f);
-    p       = fmaf(p, r, 8.3334519073e-3f);
-    p       = fmaf(p, r, 4.1665795894e-2f);
-    p       = fmaf(p, r, 1.6666665459e-1f);
-    p       = fmaf(p, r, 5.0000001201e-1f);
-    p       = fmaf(p, r * r, r) + 1.0f;
+    float       r       = fmaf(n, -0.693359375f, xc); /* ln2 high part: n · it is exact */
+    r                   = fmaf(n, 2.12194440e-4f, r); /* ln2 low part */
+    float p             = 1.9875691500e-4f;
+    p                   = fmaf(p, r, 1.3981999507e-3f);
+    p                   = fmaf(p, r, 8.3334519073e-3f);
+    p                   = fmaf(p, r, 4.1665795894e-2f);
+    p                   = fmaf(p, r, 1.6666665459e-1f);
+    p                   = fmaf(p, r, 5.0000001201e-1f);
+    p                   = fmaf(p, r * r, r) + 1.0f;
     uint32_t tb, sb;
     memcpy(&tb, &t, sizeof tb);
     sb = (tb - 0x4b400000u + 127u) << 23; /* 2^n as float bits, n in [-126, 127] */
@@ -54,6 +54,43 @@ static inline float exp_fast(float x) {
     memcpy(&s, &sb, sizeof s);
     float y = p * s;
     return x < lo ? 0.0f : y;
+}
+
+/* max_j x[j] over independent lanes (vectorises; NaNs are skipped here and caught by the exp). */
+static float row_max(const float *x, int n) {
+    enum { LANES = 16 };
+    float m[LANES];
+    for (int l = 0; l < LANES; l++) m[l] = -INFINITY;
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int l = 0; l < LANES; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+    }
+    float mx = -INFINITY;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int l = 0; l < LANES; l++) mx = m[l] > mx ? m[l] : mx;
+    return mx;
+}
+
+/*
+ * Σ_j exp(x[j] - shift) in double. The exponentials of a block go to a small stack buffer in a
+ * loop that vectorises; the block is then added into sixteen independent double partial sums,
+ * combined in a fixed order at the end (no reassociation of one running sum, no fast-math).
+ */
+static double sum_exp_shifted(const float *x, int n, float shift) {
+    enum { LANES = 16, BLOCK = 256 };
+    double acc[LANES] = {0};
+    float  e[BLOCK];
+    for (int j0 = 0; j0 < n; j0 += BLOCK) {
+        int m = n - j0 < BLOCK ? n - j0 : BLOCK;
+        for (int k = 0; k < m; k++) e[k] = exp_fast(x[j0 + k] - shift);
+        for (int k = m; k < (m + LANES - 1) / LANES * LANES; k++) e[k] = 0.0f;
+        for (int k = 0; k < m; k += LANES) {
+            for (int l = 0; l < LANES; l++) acc[l] += e[k + l];
+        }
+    }
+    double s = 0.0;
+    for (int l = 0; l < LANES; l++) s += acc[l];
+    return s;
 }
 
 /* ---- embeddings ---- */
@@ -299,9 +336,9 @@ static inline void axpy(float *restrict y, float alpha, const float *restrict x,
 }
 
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    int   hs    = C / NH;
-    float scale = (float)(1.0 / sqrt((double)hs));
-    size_t C3   = 3 * (size_t)C;
+    int    hs    = C / NH;
+    float  scale = (float)(1.0 / sqrt((double)hs));
+    size_t C3    = 3 * (size_t)C;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
@@ -315,13 +352,10 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
                     row[t2] = s;
                     mx      = s > mx ? s : mx;
                 }
+                for (int t2 = 0; t2 <= t; t2++) row[t2] = exp_fast(row[t2] - mx);
                 double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-                for (int t2 = 0; t2 <= t; t2++) {
-                    float e = exp_fast(row[t2] - mx);
-                    row[t2] = e;
-                    sum += e;
-                }
+                for (int t2 = 0; t2 <= t; t2++) sum += row[t2];
                 float inv = (float)(1.0 / sum);
                 for (int t2 = 0; t2 <= t; t2++) row[t2] *= inv;
                 for (int t2 = t + 1; t2 < T; t2++) row[t2] = 0.0f;
@@ -371,8 +405,8 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                 const float *q  = base + t * C3;
                 float       *dq = dbase + t * C3;
                 for (int t2 = 0; t2 <= t; t2++) {
-                    axpy(dq, ds[t2], base + t2 * C3 + C, hs);       /* dq */
-                    axpy(dbase + t2 * C3 + C, ds[t2], q, hs);       /* dk */
+                    axpy(dq, ds[t2], base + t2 * C3 + C, hs); /* dq */
+                    axpy(dbase + t2 * C3 + C, ds[t2], q, hs); /* dk */
                 }
             }
         }
@@ -387,14 +421,9 @@ int crossentropy_forward(float *losses, float *lse, const float *logits, const i
 #pragma omp parallel for schedule(static) reduction(+ : count)
     for (int i = 0; i < N; i++) {
         const float *z  = logits + (size_t)i * V;
-        float        mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < V; j++) sum += exp_fast(z[j] - mx);
-        double l = mx + log(sum);
-        lse[i]   = (float)l;
+        float        mx = row_max(z, V);
+        double       l  = mx + log(sum_exp_shifted(z, V, mx));
+        lse[i]          = (float)l;
         if (targets[i] < 0) {
             losses[i] = 0.0f;
             continue;
@@ -412,7 +441,11 @@ int crossentropy_forward(float *losses, float *lse, const float *logits, const i
     return count;
 }
 
-/* One row of the gradient: src and dst may be the same buffer (each element is read first). */
+/*
+ * One row of the gradient, out of place and in place: each element is read before it is written,
+ * and the in-place copy exists so that the compiler vectorises it without an overlap check
+ * (which dst == src would fail, falling back to scalar code).
+ */
 static inline void ce_row_grad(float *dst, const float *src, int V, float l, float off,
                                float scale) {
     for (int j = 0; j < V; j++) dst[j] = scale * (exp_fast(src[j] - l) - off);

@@ -118,7 +118,9 @@ void matmul_forward_ref(float *out, const float *inp, const float *w, const floa
     for (int i = 0; i < N; i++) {
         for (int o = 0; o < OC; o++) {
             double acc = bias ? bias[o] : 0.0;
-            for (int c = 0; c < C; c++) acc += (double)inp[(size_t)i * C + c] * w[(size_t)c * OC + o];
+            for (int c = 0; c < C; c++) {
+                acc += (double)inp[(size_t)i * C + c] * w[(size_t)c * OC + o];
+            }
             out[(size_t)i * OC + o] = (float)acc;
         }
     }

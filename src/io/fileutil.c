@@ -25,8 +25,8 @@ lora_status lora_read_file(const char *path, char **data, size_t *len, lora_erro
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        return lora_errorf(err, e == ENOENT ? LORA_ERR_MISSING : LORA_ERR_IO,
-                           "%s: cannot open: %s", path, strerror(e));
+        return lora_errorf(err, e == ENOENT ? LORA_ERR_MISSING : LORA_ERR_IO, "%s: cannot open: %s",
+                           path, strerror(e));
     }
 
     lora_status st  = LORA_OK;
@@ -41,8 +41,8 @@ lora_status lora_read_file(const char *path, char **data, size_t *len, lora_erro
         goto fail;
     }
     if (sb.st_size < 0 || (uint64_t)sb.st_size >= SIZE_MAX) {
-        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: file of %lld bytes is too large to read",
-                         path, (long long)sb.st_size);
+        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: file of %lld bytes is too large to read", path,
+                         (long long)sb.st_size);
         goto fail;
     }
 
@@ -132,8 +132,7 @@ static void fsync_parent_dir(const char *path) {
 
 lora_status lora_atomic_commit(lora_atomic_file *af, lora_error *err) {
     if (!af->fp) {
-        return lora_errorf(err, LORA_ERR_STATE, "%s: no temporary file open to commit",
-                           af->path);
+        return lora_errorf(err, LORA_ERR_STATE, "%s: no temporary file open to commit", af->path);
     }
     if (fflush(af->fp) != 0 || ferror(af->fp)) {
         int e = errno;
@@ -226,8 +225,8 @@ lora_status lora_mkdirs(const char *dir, lora_error *err) {
         if (buf[i] != '/' || buf[i - 1] == '/') continue;
         buf[i] = '\0';
         if (mkdir_one(buf) != 0) {
-            return lora_errorf(err, LORA_ERR_IO, "%s: cannot create directory '%s': %s", dir,
-                               buf, strerror(errno));
+            return lora_errorf(err, LORA_ERR_IO, "%s: cannot create directory '%s': %s", dir, buf,
+                               strerror(errno));
         }
         buf[i] = '/';
     }

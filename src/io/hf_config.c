@@ -31,8 +31,8 @@ static const char *json_type_name(const cJSON *v) {
 static lora_status get_size(const cJSON *v, const char *key, const char *path, int32_t *out,
                             lora_error *err) {
     if (!cJSON_IsNumber(v)) {
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: field '%s' must be an integer, not %s",
-                           path, key, json_type_name(v));
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: field '%s' must be an integer, not %s", path,
+                           key, json_type_name(v));
     }
     double d = v->valuedouble;
     if (!(d >= 1 && d <= INT32_MAX) || d != floor(d)) {
@@ -67,7 +67,8 @@ static lora_status get_bool(const cJSON *root, const char *key, const char *path
 /* A file-supplied string made safe for a one-line message: control bytes become '?'. */
 static const char *sanitize(char *out, size_t n, const char *s) {
     size_t i = 0;
-    for (; s[i] && i + 1 < n; i++) out[i] = (unsigned char)s[i] < 0x20 ? '?' : s[i];
+    for (; s[i] && i + 1 < n; i++)
+        out[i] = (unsigned char)s[i] < 0x20 ? '?' : s[i];
     out[i] = '\0';
     return out;
 }
@@ -88,8 +89,8 @@ static void line_col(const char *text, size_t at, int *line, int *col) {
 
 /* The checks shared by the reader and the writer. */
 static lora_status check_config(const lora_config *c, const char *path, lora_error *err) {
-    if (c->n_layer < 1 || c->n_head < 1 || c->n_embd < 1 || c->n_positions < 1 ||
-        c->n_inner < 1 || c->vocab_size < 1) {
+    if (c->n_layer < 1 || c->n_head < 1 || c->n_embd < 1 || c->n_positions < 1 || c->n_inner < 1 ||
+        c->vocab_size < 1) {
         return lora_errorf(err, LORA_ERR_FORMAT,
                            "%s: sizes must be positive (n_layer %d, n_head %d, n_embd %d, "
                            "n_positions %d, n_inner %d, vocab_size %d)",
@@ -97,9 +98,8 @@ static lora_status check_config(const lora_config *c, const char *path, lora_err
                            (int)c->n_positions, (int)c->n_inner, (int)c->vocab_size);
     }
     if (c->n_embd % c->n_head != 0) {
-        return lora_errorf(err, LORA_ERR_FORMAT,
-                           "%s: n_embd %d is not divisible by n_head %d", path, (int)c->n_embd,
-                           (int)c->n_head);
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: n_embd %d is not divisible by n_head %d",
+                           path, (int)c->n_embd, (int)c->n_head);
     }
     if (!(c->layer_norm_epsilon > 0) || !isfinite(c->layer_norm_epsilon)) {
         return lora_errorf(err, LORA_ERR_FORMAT,
@@ -113,10 +113,9 @@ static lora_status check_config(const lora_config *c, const char *path, lora_err
     return LORA_OK;
 }
 
-lora_status hf_config_parse(const char *json, const char *path, lora_config *cfg,
-                            lora_error *err) {
+lora_status hf_config_parse(const char *json, const char *path, lora_config *cfg, lora_error *err) {
     lora_config c;
-    lora_status st = LORA_OK;
+    lora_status st  = LORA_OK;
     const char *end = NULL;
     memset(&c, 0, sizeof c);
 
@@ -126,16 +125,16 @@ lora_status hf_config_parse(const char *json, const char *path, lora_config *cfg
         int    line, col;
         size_t at = end && end >= json && end <= json + len ? (size_t)(end - json) : 0;
         line_col(json, at, &line, &col);
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: not valid JSON (line %d, column %d)",
-                           path, line, col);
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: not valid JSON (line %d, column %d)", path,
+                           line, col);
     }
     for (const char *p = end; *p; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
             int line, col;
             line_col(json, (size_t)(p - json), &line, &col);
-            st = lora_errorf(err, LORA_ERR_FORMAT,
-                             "%s: text after the JSON object (line %d, column %d)", path, line,
-                             col);
+            st =
+                lora_errorf(err, LORA_ERR_FORMAT,
+                            "%s: text after the JSON object (line %d, column %d)", path, line, col);
             goto done;
         }
     }
@@ -197,14 +196,14 @@ lora_status hf_config_parse(const char *json, const char *path, lora_config *cfg
         }
         double d = eps->valuedouble;
         if (!(d > 0) || d > 1) {
-            st = lora_errorf(err, LORA_ERR_FORMAT,
-                             "%s: layer_norm_epsilon %g must be in (0, 1]", path, d);
+            st = lora_errorf(err, LORA_ERR_FORMAT, "%s: layer_norm_epsilon %g must be in (0, 1]",
+                             path, d);
             goto done;
         }
         c.layer_norm_epsilon = (float)d;
     }
 
-    c.activation      = LORA_ACT_GELU_TANH; /* GPT2Config's default is "gelu_new" */
+    c.activation     = LORA_ACT_GELU_TANH; /* GPT2Config's default is "gelu_new" */
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
     if (act) {
         if (!cJSON_IsString(act)) {
@@ -214,8 +213,7 @@ lora_status hf_config_parse(const char *json, const char *path, lora_config *cfg
             goto done;
         }
         const char *a = act->valuestring;
-        if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") ||
-            !strcmp(a, "gelu_fast")) {
+        if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast")) {
             c.activation = LORA_ACT_GELU_TANH;
         } else if (!strcmp(a, "gelu")) {
             c.activation = LORA_ACT_GELU_ERF;
@@ -295,9 +293,9 @@ lora_status hf_config_write(const char *path, const lora_config *cfg, const char
         if (err) err->status = LORA_ERR_ARG;
         return LORA_ERR_ARG;
     }
-    if (!torch_dtype || (strcmp(torch_dtype, "float32") != 0 &&
-                         strcmp(torch_dtype, "float16") != 0 &&
-                         strcmp(torch_dtype, "bfloat16") != 0)) {
+    if (!torch_dtype ||
+        (strcmp(torch_dtype, "float32") != 0 && strcmp(torch_dtype, "float16") != 0 &&
+         strcmp(torch_dtype, "bfloat16") != 0)) {
         return lora_errorf(err, LORA_ERR_ARG,
                            "%s: torch_dtype must be float32, float16 or bfloat16", path);
     }

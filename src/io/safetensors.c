@@ -6,6 +6,8 @@
  * Accepted beyond the strict format: gaps between tensors and bytes after the last one (the
  * reference reader rejects both; neither can make us read out of bounds). Never produced by
  * the writer, which lays tensors out back to back in the order they were added.
+ * The mapping is trusted to stay as validated: a file truncated by another process while open
+ * raises SIGBUS on access, as with any mmap reader.
  */
 #include "io/safetensors.h"
 
@@ -18,7 +20,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -29,9 +30,9 @@
 #error "safetensors data is little-endian and is used in place: a little-endian host is required"
 #endif
 
-#define ST_MAX_HEADER  ((uint64_t)100 << 20) /* the reference implementation's limit */
-#define ST_JSON_INTMAX 9007199254740992.0    /* 2^53: larger JSON numbers are not exact */
-#define ST_QUOTE_MAX   100                   /* bytes of a file-supplied name in a message */
+#define ST_MAX_HEADER ((uint64_t)100 << 20) /* the reference implementation's limit */
+#define ST_JSON_INTMAX 9007199254740992.0   /* 2^53: larger JSON numbers are not exact */
+#define ST_QUOTE_MAX 100                    /* bytes of a file-supplied name in a message */
 
 /* ---- dtypes ---- */
 
@@ -39,8 +40,8 @@ static const struct {
     const char *name;
     size_t      size;
 } st_dtypes[] = {
-    [ST_F32] = {"F32", 4}, [ST_F16] = {"F16", 2}, [ST_BF16] = {"BF16", 2}, [ST_F64] = {"F64", 8},
-    [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4}, [ST_I16] = {"I16", 2},   [ST_I8] = {"I8", 1},
+    [ST_F32] = {"F32", 4}, [ST_F16] = {"F16", 2},   [ST_BF16] = {"BF16", 2}, [ST_F64] = {"F64", 8},
+    [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4},   [ST_I16] = {"I16", 2},   [ST_I8] = {"I8", 1},
     [ST_U8] = {"U8", 1},   [ST_BOOL] = {"BOOL", 1},
 };
 #define ST_N_DTYPES ((int)(sizeof st_dtypes / sizeof st_dtypes[0]))
@@ -130,11 +131,16 @@ static json_u64_result json_u64(const cJSON *v, uint64_t *out) {
 
 static const char *json_u64_problem(json_u64_result r) {
     switch (r) {
-    case JU_NOT_NUMBER: return "is not a number";
-    case JU_NEGATIVE: return "is negative";
-    case JU_FRACTION: return "is not an integer";
-    case JU_TOO_LARGE: return "is too large";
-    case JU_OK: break;
+    case JU_NOT_NUMBER:
+        return "is not a number";
+    case JU_NEGATIVE:
+        return "is negative";
+    case JU_FRACTION:
+        return "is not an integer";
+    case JU_TOO_LARGE:
+        return "is too large";
+    case JU_OK:
+        break;
     }
     return "is invalid";
 }
@@ -151,7 +157,8 @@ static void format_shape(char *out, size_t n, const int64_t *shape, int32_t ndim
 
 static uint64_t read_le64(const unsigned char *p) {
     uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
     return v;
 }
 
@@ -173,21 +180,32 @@ static int str_ptr_cmp(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+static int tensor_name_cmp(const void *a, const void *b) {
+    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+}
+
+/* The first string that appears twice in v[0..n) (v is reordered), or NULL. */
+static const char *find_duplicate(const char **v, size_t n) {
+    qsort(v, n, sizeof *v, str_ptr_cmp);
+    for (size_t i = 1; i < n; i++) {
+        if (strcmp(v[i - 1], v[i]) == 0) return v[i];
+    }
+    return NULL;
+}
+
 /* Fills t (its name excluded) from one header entry and checks it against the data section. */
-static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj,
-                                const char *name, size_t data_size, const char *path,
-                                lora_error *err) {
+static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj, const char *name,
+                                size_t data_size, const char *path, lora_error *err) {
     char q[ST_QUOTE_MAX + 4], q2[ST_QUOTE_MAX + 4];
     quote(q, name);
     if (!cJSON_IsObject(obj)) {
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' entry is not a JSON object",
-                           path, q);
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' entry is not a JSON object", path,
+                           q);
     }
 
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(obj, "dtype");
     if (!cJSON_IsString(dt)) {
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' has no string 'dtype'", path,
-                           q);
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' has no string 'dtype'", path, q);
     }
     int dtype = st_dtype_parse(dt->valuestring);
     if (dtype < 0) {
@@ -200,8 +218,7 @@ static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj,
 
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(obj, "shape");
     if (!cJSON_IsArray(shape)) {
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' has no 'shape' array", path,
-                           q);
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' has no 'shape' array", path, q);
     }
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > ST_MAX_DIMS) {
@@ -220,8 +237,8 @@ static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj,
         uint64_t        d;
         json_u64_result r = json_u64(dim, &d);
         if (r != JU_OK) {
-            return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' shape dimension %d %s",
-                               path, q, i, json_u64_problem(r));
+            return lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' shape[%d] %s", path, q, i,
+                               json_u64_problem(r));
         }
         if (d != 0 && numel > limit / d) {
             return lora_errorf(err, LORA_ERR_FORMAT,
@@ -229,7 +246,7 @@ static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj,
                                "fit in 64 bits",
                                path, q);
         }
-        numel          = numel * d;
+        numel         = numel * d;
         t->shape[i++] = (int64_t)d;
     }
     t->numel = (int64_t)numel;
@@ -244,8 +261,7 @@ static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj,
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(obj, "data_offsets");
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2) {
         return lora_errorf(err, LORA_ERR_FORMAT,
-                           "%s: tensor '%s' has no 'data_offsets' array of two integers", path,
-                           q);
+                           "%s: tensor '%s' has no 'data_offsets' array of two integers", path, q);
     }
     uint64_t        b = 0, e = 0;
     json_u64_result rb = json_u64(cJSON_GetArrayItem(offs, 0), &b);
@@ -270,8 +286,8 @@ static lora_status parse_tensor(st_tensor *t, uint64_t *begin, const cJSON *obj,
         char s[256];
         format_shape(s, sizeof s, t->shape, t->ndim);
         return lora_errorf(err, LORA_ERR_FORMAT,
-                           "%s: tensor '%s' data_offsets [%" PRIu64 ", %" PRIu64
-                           "] hold %" PRIu64 " bytes but %s [%s] needs %zu",
+                           "%s: tensor '%s' data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
+                           " bytes but %s [%s] needs %zu",
                            path, q, b, e, e - b, st_dtype_name(t->dtype), s, nbytes);
     }
     *begin = b;
@@ -298,13 +314,6 @@ static lora_status parse_metadata(st_file *f, const cJSON *obj, lora_error *err)
                                "%s: '__metadata__' value of '%s' is not a string", f->path,
                                quote(q, it->string));
         }
-        for (int32_t k = 0; k < f->n_meta; k++) {
-            if (strcmp(f->meta_keys[k], it->string) == 0) {
-                return lora_errorf(err, LORA_ERR_FORMAT,
-                                   "%s: '__metadata__' has key '%s' twice", f->path,
-                                   quote(q, it->string));
-            }
-        }
         char *k = strdup(it->string), *v = strdup(it->valuestring);
         if (!k || !v) {
             free(k);
@@ -314,6 +323,17 @@ static lora_status parse_metadata(st_file *f, const cJSON *obj, lora_error *err)
         f->meta_keys[f->n_meta] = k;
         f->meta_vals[f->n_meta] = v;
         f->n_meta++;
+    }
+    const char **keys = malloc((size_t)n * sizeof *keys);
+    if (!keys) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory for metadata", f->path);
+    memcpy(keys, f->meta_keys, (size_t)n * sizeof *keys);
+    const char *dup = find_duplicate(keys, (size_t)n);
+    char        q[ST_QUOTE_MAX + 4];
+    if (dup) quote(q, dup);
+    free(keys);
+    if (dup) {
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: '__metadata__' has key '%s' twice", f->path,
+                           q);
     }
     return LORA_OK;
 }
@@ -325,7 +345,6 @@ static lora_status parse_header(st_file *f, const char *hdr, size_t n, const cha
     lora_status st     = LORA_OK;
     cJSON      *root   = NULL;
     st_range   *ranges = NULL;
-    const char **names = NULL;
 
     if (memchr(hdr, '\0', n)) {
         return lora_errorf(err, LORA_ERR_FORMAT, "%s: header contains a NUL byte", path);
@@ -372,8 +391,7 @@ static lora_status parse_header(st_file *f, const char *hdr, size_t n, const cha
     if (n_tensors > 0) {
         f->tensors = calloc((size_t)n_tensors, sizeof *f->tensors);
         ranges     = malloc((size_t)n_tensors * sizeof *ranges);
-        names      = malloc((size_t)n_tensors * sizeof *names);
-        if (!f->tensors || !ranges || !names) {
+        if (!f->tensors || !ranges) {
             st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory for %d tensors", path,
                              n_tensors);
             goto done;
@@ -386,8 +404,7 @@ static lora_status parse_header(st_file *f, const char *hdr, size_t n, const cha
             if (st != LORA_OK) goto done;
             continue;
         }
-        int32_t    i = f->n_tensors;
-        st_tensor *t = &f->tensors[i];
+        st_tensor *t = &f->tensors[f->n_tensors];
         uint64_t   b = 0;
         st           = parse_tensor(t, &b, it, it->string, data_size, path, err);
         if (st != LORA_OK) goto done;
@@ -396,21 +413,25 @@ static lora_status parse_header(st_file *f, const char *hdr, size_t n, const cha
             st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory for tensor names", path);
             goto done;
         }
-        t->data   = data + b;
-        ranges[i] = (st_range){b, b + t->nbytes, i};
-        names[i]  = t->name;
+        t->data = data + b;
         f->n_tensors++;
     }
 
     if (f->n_tensors > 1) {
         char q[ST_QUOTE_MAX + 4], q2[ST_QUOTE_MAX + 4];
-        qsort(names, (size_t)f->n_tensors, sizeof *names, str_ptr_cmp);
+        /* Sorted by name: duplicates become neighbours and st_find is a binary search. */
+        qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, tensor_name_cmp);
         for (int32_t i = 1; i < f->n_tensors; i++) {
-            if (strcmp(names[i - 1], names[i]) == 0) {
+            if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0) {
                 st = lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' appears twice", path,
-                                 quote(q, names[i]));
+                                 quote(q, f->tensors[i].name));
                 goto done;
             }
+        }
+        for (int32_t i = 0; i < f->n_tensors; i++) {
+            const st_tensor *t = &f->tensors[i];
+            uint64_t         b = (uint64_t)((const char *)t->data - data);
+            ranges[i]          = (st_range){b, b + t->nbytes, i};
         }
         /* Zero-byte tensors occupy nothing and may sit anywhere; the rest must not share a
          * byte: after sorting by begin, each must start at or after the furthest end so far. */
@@ -421,12 +442,12 @@ static lora_status parse_header(st_file *f, const char *hdr, size_t n, const cha
             if (r->end == r->begin) continue;
             if (far >= 0 && r->begin < ranges[far].end) {
                 const st_range *o = &ranges[far];
-                st                = lora_errorf(err, LORA_ERR_FORMAT,
-                                                "%s: tensors '%s' [%" PRIu64 ", %" PRIu64
-                                                "] and '%s' [%" PRIu64 ", %" PRIu64 "] overlap",
-                                                path, quote(q, f->tensors[o->idx].name), o->begin,
-                                                o->end, quote(q2, f->tensors[r->idx].name),
-                                                r->begin, r->end);
+                quote(q, f->tensors[o->idx].name);
+                quote(q2, f->tensors[r->idx].name);
+                st = lora_errorf(err, LORA_ERR_FORMAT,
+                                 "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
+                                 ", %" PRIu64 "] overlap",
+                                 path, q, o->begin, o->end, q2, r->begin, r->end);
                 goto done;
             }
             if (far < 0 || r->end > ranges[far].end) far = i;
@@ -434,7 +455,6 @@ static lora_status parse_header(st_file *f, const char *hdr, size_t n, const cha
     }
 
 done:
-    free(names);
     free(ranges);
     cJSON_Delete(root);
     return st;
@@ -454,8 +474,8 @@ lora_status st_open(st_file *f, const char *path, lora_error *err) {
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        st    = lora_errorf(err, e == ENOENT ? LORA_ERR_MISSING : LORA_ERR_IO,
-                            "%s: cannot open: %s", path, strerror(e));
+        st = lora_errorf(err, e == ENOENT ? LORA_ERR_MISSING : LORA_ERR_IO, "%s: cannot open: %s",
+                         path, strerror(e));
         goto fail;
     }
     struct stat sb;
@@ -491,8 +511,10 @@ lora_status st_open(st_file *f, const char *path, lora_error *err) {
     const unsigned char *bytes = tmp.map;
     uint64_t             n     = read_le64(bytes);
     if (n > tmp.size - 8) {
-        st = lora_errorf(err, LORA_ERR_FORMAT, "%s: header length %" PRIu64
-                         " exceeds file size %zu", path, n, tmp.size);
+        st = lora_errorf(err, LORA_ERR_FORMAT,
+                         "%s: header length %" PRIu64 " exceeds file size %zu (hint: truncated "
+                         "download, or not a safetensors file?)",
+                         path, n, tmp.size);
         goto fail;
     }
     if (n > ST_MAX_HEADER) {
@@ -509,8 +531,8 @@ lora_status st_open(st_file *f, const char *path, lora_error *err) {
     /* A private NUL-terminated copy: the JSON parser never sees the mapping. */
     hdr = malloc((size_t)n + 1);
     if (!hdr) {
-        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory for a %" PRIu64
-                         "-byte header", path, n);
+        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory for a %" PRIu64 "-byte header",
+                         path, n);
         goto fail;
     }
     memcpy(hdr, bytes + 8, (size_t)n);
@@ -534,7 +556,8 @@ fail:
 void st_close(st_file *f) {
     if (!f) return;
     if (f->map) munmap(f->map, f->size);
-    for (int32_t i = 0; i < f->n_tensors; i++) free((char *)f->tensors[i].name);
+    for (int32_t i = 0; i < f->n_tensors; i++)
+        free((char *)f->tensors[i].name);
     free(f->tensors);
     for (int32_t i = 0; i < f->n_meta; i++) {
         free(f->meta_keys[i]);
@@ -547,8 +570,15 @@ void st_close(st_file *f) {
 }
 
 const st_tensor *st_find(const st_file *f, const char *name) {
-    for (int32_t i = 0; i < f->n_tensors; i++) {
-        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
+    int32_t lo = 0, hi = f->n_tensors; /* tensors are sorted by name */
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        int     c   = strcmp(f->tensors[mid].name, name);
+        if (c == 0) return &f->tensors[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -578,8 +608,10 @@ lora_status st_to_f32(float *dst, const st_tensor *t, const char *path, lora_err
         int f16 = t->dtype == ST_F16;
         if (st_tensor_aligned(t, sizeof(uint16_t))) {
             const uint16_t *h = t->data;
-            if (f16) lora_f16_to_f32_n(dst, h, n);
-            else lora_bf16_to_f32_n(dst, h, n);
+            if (f16)
+                lora_f16_to_f32_n(dst, h, n);
+            else
+                lora_bf16_to_f32_n(dst, h, n);
         } else {
             for (size_t i = 0; i < n; i++) {
                 uint16_t h = (uint16_t)(p[2 * i] | (p[2 * i + 1] << 8));
@@ -613,7 +645,8 @@ static int owner_cmp(const void *a, const void *b) {
 /* Every tensor name must live in one shard only, so st_set_find is unambiguous. */
 static lora_status check_unique_across(const st_set *s, const char *index_path, lora_error *err) {
     size_t total = 0;
-    for (int32_t i = 0; i < s->n_files; i++) total += (size_t)s->files[i].n_tensors;
+    for (int32_t i = 0; i < s->n_files; i++)
+        total += (size_t)s->files[i].n_tensors;
     if (total < 2) return LORA_OK;
     st_owner *all = malloc(total * sizeof *all);
     if (!all) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", index_path);
@@ -642,16 +675,28 @@ static int plain_file_name(const char *s) {
     return s[0] && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
-static lora_status open_index(st_set *s, const char *dir, const char *index_path,
-                              lora_error *err) {
-    lora_status  st     = LORA_OK;
-    char        *text   = NULL;
-    size_t       len    = 0;
-    cJSON       *root   = NULL;
-    const char **shards = NULL; /* unique shard names, borrowed from root */
-    int32_t     *which  = NULL; /* weight_map entry -> index into shards */
-    const char **keys   = NULL;
-    char         q[ST_QUOTE_MAX + 4], q2[ST_QUOTE_MAX + 4];
+/* One weight_map entry; both strings borrowed from the parsed index. */
+typedef struct st_entry {
+    const char *tensor;
+    const char *shard;
+    int32_t     file; /* index into st_set.files */
+} st_entry;
+
+static int entry_shard_cmp(const void *a, const void *b) {
+    return strcmp(((const st_entry *)a)->shard, ((const st_entry *)b)->shard);
+}
+
+static int entry_tensor_cmp(const void *a, const void *b) {
+    return strcmp(((const st_entry *)a)->tensor, ((const st_entry *)b)->tensor);
+}
+
+static lora_status open_index(st_set *s, const char *dir, const char *index_path, lora_error *err) {
+    lora_status st      = LORA_OK;
+    char       *text    = NULL;
+    size_t      len     = 0;
+    cJSON      *root    = NULL;
+    st_entry   *entries = NULL;
+    char        q[ST_QUOTE_MAX + 4], q2[ST_QUOTE_MAX + 4];
 
     st = lora_read_file(index_path, &text, &len, err);
     if (st != LORA_OK) return st;
@@ -659,30 +704,27 @@ static lora_status open_index(st_set *s, const char *dir, const char *index_path
     root            = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {
         size_t at = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
-        st        = lora_errorf(err, LORA_ERR_FORMAT, "%s: not valid JSON (near byte %zu)",
-                                index_path, at);
+        st =
+            lora_errorf(err, LORA_ERR_FORMAT, "%s: not valid JSON (near byte %zu)", index_path, at);
         goto done;
     }
-    const cJSON *map = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map")
-                                            : NULL;
+    const cJSON *map =
+        cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!cJSON_IsObject(map)) {
         st = lora_errorf(err, LORA_ERR_FORMAT, "%s: no 'weight_map' object", index_path);
         goto done;
     }
     int n = cJSON_GetArraySize(map);
-    if (n == 0) {
+    if (n <= 0) {
         st = lora_errorf(err, LORA_ERR_FORMAT, "%s: 'weight_map' is empty", index_path);
         goto done;
     }
-    shards = malloc((size_t)n * sizeof *shards);
-    which  = malloc((size_t)n * sizeof *which);
-    keys   = malloc((size_t)n * sizeof *keys);
-    if (!shards || !which || !keys) {
+    entries = malloc((size_t)n * sizeof *entries);
+    if (!entries) {
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", index_path);
         goto done;
     }
-
-    int32_t      n_shards = 0, k = 0;
+    int          k = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, map) {
         if (!cJSON_IsString(it) || !plain_file_name(it->valuestring)) {
@@ -691,31 +733,23 @@ static lora_status open_index(st_set *s, const char *dir, const char *index_path
                              index_path, quote(q, it->string));
             goto done;
         }
-        int32_t j = 0;
-        while (j < n_shards && strcmp(shards[j], it->valuestring) != 0) j++;
-        if (j == n_shards) shards[n_shards++] = it->valuestring;
-        which[k] = j;
-        keys[k]  = it->string;
-        k++;
+        entries[k++] = (st_entry){it->string, it->valuestring, -1};
     }
-    /* Duplicate keys: sort a copy of the names (keys[] must keep its order for which[]). */
-    {
-        const char **sorted = malloc((size_t)n * sizeof *sorted);
-        if (!sorted) {
-            st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", index_path);
+
+    /* Tensor names unique: sort by tensor; then group by shard to number the files. */
+    qsort(entries, (size_t)n, sizeof *entries, entry_tensor_cmp);
+    for (int i = 1; i < n; i++) {
+        if (strcmp(entries[i - 1].tensor, entries[i].tensor) == 0) {
+            st = lora_errorf(err, LORA_ERR_FORMAT, "%s: weight_map lists tensor '%s' twice",
+                             index_path, quote(q, entries[i].tensor));
             goto done;
         }
-        memcpy(sorted, keys, (size_t)n * sizeof *sorted);
-        qsort(sorted, (size_t)n, sizeof *sorted, str_ptr_cmp);
-        for (int i = 1; i < n; i++) {
-            if (strcmp(sorted[i - 1], sorted[i]) == 0) {
-                st = lora_errorf(err, LORA_ERR_FORMAT, "%s: weight_map lists tensor '%s' twice",
-                                 index_path, quote(q, sorted[i]));
-                break;
-            }
-        }
-        free(sorted);
-        if (st != LORA_OK) goto done;
+    }
+    qsort(entries, (size_t)n, sizeof *entries, entry_shard_cmp);
+    int32_t n_shards = 0;
+    for (int i = 0; i < n; i++) {
+        if (i == 0 || strcmp(entries[i - 1].shard, entries[i].shard) != 0) n_shards++;
+        entries[i].file = n_shards - 1;
     }
 
     s->files = calloc((size_t)n_shards, sizeof *s->files);
@@ -723,12 +757,13 @@ static lora_status open_index(st_set *s, const char *dir, const char *index_path
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", index_path);
         goto done;
     }
-    for (int32_t j = 0; j < n_shards; j++) {
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && entries[i].file == entries[i - 1].file) continue;
         char       path[4096];
         lora_error inner;
-        st = lora_path_join(path, sizeof path, dir, shards[j], err);
+        st = lora_path_join(path, sizeof path, dir, entries[i].shard, err);
         if (st != LORA_OK) goto done;
-        st = st_open(&s->files[j], path, &inner);
+        st = st_open(&s->files[s->n_files], path, &inner);
         if (st != LORA_OK) {
             lora_errorf(err, st, "%s (hint: listed in %s)", inner.msg, index_path);
             goto done;
@@ -736,19 +771,17 @@ static lora_status open_index(st_set *s, const char *dir, const char *index_path
         s->n_files++;
     }
     for (int i = 0; i < n; i++) {
-        if (!st_find(&s->files[which[i]], keys[i])) {
+        if (!st_find(&s->files[entries[i].file], entries[i].tensor)) {
             st = lora_errorf(err, LORA_ERR_MISSING,
                              "%s: tensor '%s' is not in shard '%s' where weight_map puts it",
-                             index_path, quote(q, keys[i]), quote(q2, shards[which[i]]));
+                             index_path, quote(q, entries[i].tensor), quote(q2, entries[i].shard));
             goto done;
         }
     }
     st = check_unique_across(s, index_path, err);
 
 done:
-    free(keys);
-    free(which);
-    free(shards);
+    free(entries);
     cJSON_Delete(root);
     free(text);
     return st;
@@ -795,7 +828,8 @@ lora_status st_set_open_dir(st_set *s, const char *dir, lora_error *err) {
 
 void st_set_close(st_set *s) {
     if (!s) return;
-    for (int32_t i = 0; i < s->n_files; i++) st_close(&s->files[i]);
+    for (int32_t i = 0; i < s->n_files; i++)
+        st_close(&s->files[i]);
     free(s->files);
     memset(s, 0, sizeof *s);
 }
@@ -837,7 +871,8 @@ st_writer *st_writer_new(void) {
 
 void st_writer_free(st_writer *w) {
     if (!w) return;
-    for (int32_t i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
+    for (int32_t i = 0; i < w->n_tensors; i++)
+        free(w->tensors[i].name);
     free(w->tensors);
     for (int32_t i = 0; i < w->n_meta; i++) {
         free(w->meta_keys[i]);
@@ -878,16 +913,16 @@ lora_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int32_
     }
     if (ndim < 0 || ndim > ST_MAX_DIMS || (ndim > 0 && !shape)) {
         return lora_errorf(err, LORA_ERR_ARG,
-                           "safetensors writer: tensor '%s' has %d dimensions (0 to %d allowed)",
-                           q, (int)ndim, ST_MAX_DIMS);
+                           "safetensors writer: tensor '%s' has %d dimensions (0 to %d allowed)", q,
+                           (int)ndim, ST_MAX_DIMS);
     }
     size_t numel = 1;
     for (int32_t i = 0; i < ndim; i++) {
         if (shape[i] < 0 || (uint64_t)shape[i] > (uint64_t)ST_JSON_INTMAX ||
             !lora_mul_ok(numel, (size_t)shape[i], &numel) || numel > (size_t)INT64_MAX) {
             return lora_errorf(err, LORA_ERR_ARG,
-                               "safetensors writer: tensor '%s' has invalid dimension %" PRId64,
-                               q, shape[i]);
+                               "safetensors writer: tensor '%s' has invalid dimension %" PRId64, q,
+                               shape[i]);
         }
     }
     size_t nbytes;
@@ -899,8 +934,8 @@ lora_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int32_
     }
     for (int32_t i = 0; i < w->n_tensors; i++) {
         if (strcmp(w->tensors[i].name, name) == 0) {
-            return lora_errorf(err, LORA_ERR_ARG,
-                               "safetensors writer: tensor '%s' was added twice", q);
+            return lora_errorf(err, LORA_ERR_ARG, "safetensors writer: tensor '%s' was added twice",
+                               q);
         }
     }
     if (!grow((void **)&w->tensors, &w->cap_tensors, w->n_tensors, sizeof *w->tensors)) {
@@ -971,7 +1006,8 @@ static void sb_put(sbuf *b, const char *s, size_t n) {
     }
     if (b->n + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->n + n + 1) nc = nc > SIZE_MAX / 2 ? b->n + n + 1 : nc * 2;
+        while (nc < b->n + n + 1)
+            nc = nc > SIZE_MAX / 2 ? b->n + n + 1 : nc * 2;
         char *p = realloc(b->p, nc);
         if (!p) {
             b->oom = 1;
@@ -1048,7 +1084,8 @@ static int build_header(const st_writer *w, sbuf *b) {
         sb_puts(b, "]}");
     }
     sb_puts(b, "}");
-    while (!b->oom && b->n % 8 != 0) sb_puts(b, " ");
+    while (!b->oom && b->n % 8 != 0)
+        sb_puts(b, " ");
     return !b->oom;
 }
 
@@ -1066,7 +1103,8 @@ lora_status st_writer_write(st_writer *w, const char *path, lora_error *err) {
         return st;
     }
     unsigned char len8[8];
-    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)b.n >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)((uint64_t)b.n >> (8 * i));
     int ok = fwrite(len8, 1, 8, af.fp) == 8 && fwrite(b.p, 1, b.n, af.fp) == b.n;
     for (int32_t i = 0; ok && i < w->n_tensors; i++) {
         const st_wtensor *t = &w->tensors[i];

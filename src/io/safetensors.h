@@ -51,7 +51,7 @@ typedef struct st_file {
     void      *map;       /* read-only mapping of the whole file */
     size_t     size;
     int32_t    n_tensors;
-    st_tensor *tensors;   /* owned */
+    st_tensor *tensors;   /* owned; sorted by name (not in file order) */
     char     **meta_keys; /* "__metadata__" string pairs, owned */
     char     **meta_vals;
     int32_t    n_meta;
@@ -70,7 +70,7 @@ void        st_close(st_file *f); /* safe on a zeroed or closed st_file */
 /* 1 when t->data is a multiple of align (a power of two) or t holds no bytes. */
 int st_tensor_aligned(const st_tensor *t, size_t align);
 
-/* NULL when absent. */
+/* Binary search by name; NULL when absent. */
 const st_tensor *st_find(const st_file *f, const char *name);
 /* NULL when absent. */
 const char *st_meta(const st_file *f, const char *key);

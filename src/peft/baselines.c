@@ -52,8 +52,9 @@ static lora_status plan_layer(lora_model *m, int32_t l, int weights, lora_error 
     return LORA_OK;
 }
 
-static lora_status full_plan(lora_model *m, const lora_adapter_params *p, lora_error *err) {
-    (void)p;
+static lora_status full_plan(lora_model *m, const lora_adapter_params *p,
+                             const lora_site_spec *specs, int32_t n_specs, lora_error *err) {
+    (void)p, (void)specs, (void)n_specs;
     int64_t C = m->cfg.n_embd, V = m->cfg.vocab_size, P = m->cfg.n_positions;
     TRY(add_base(m, "wte.weight", 2, V, C, &m->wte, &m->dwte, err));
     TRY(add_base(m, "wpe.weight", 2, P, C, &m->wpe, &m->dwpe, err));
@@ -75,8 +76,9 @@ static lora_status full_init(lora_model *m, const lora_adapter_params *p, lora_e
     return LORA_OK;
 }
 
-static lora_status bitfit_plan(lora_model *m, const lora_adapter_params *p, lora_error *err) {
-    (void)p;
+static lora_status bitfit_plan(lora_model *m, const lora_adapter_params *p,
+                               const lora_site_spec *specs, int32_t n_specs, lora_error *err) {
+    (void)p, (void)specs, (void)n_specs;
     for (int32_t l = 0; l < m->cfg.n_layer; l++) TRY(plan_layer(m, l, 0, err));
     return add_base(m, "ln_f.bias", 1, m->cfg.n_embd, 0, &m->ln_f_b, &m->dln_f_b, err);
 }

@@ -128,49 +128,84 @@ static const lora_slot lora_slots[] = {
     {LORA_TARGET_MLP_PROJ, "mlp.c_proj", 3, -1},
 };
 
-static lora_status lora_plan(lora_model *m, const lora_adapter_params *p, lora_error *err) {
-    if (p->r <= 0) return lora_errorf(err, LORA_ERR_ARG, "LoRA rank r=%d must be positive", p->r);
+static const lora_slot *slot_for(uint32_t bit) {
+    for (size_t k = 0; k < sizeof lora_slots / sizeof lora_slots[0]; k++)
+        if (lora_slots[k].bit == bit) return &lora_slots[k];
+    return NULL;
+}
+
+/* Plans one adapter: attaches it to its site and registers A and B. */
+static lora_status plan_site(lora_model *m, const lora_site_spec *sp, float dropout,
+                             uint32_t uid, lora_error *err) {
+    const lora_slot *sl = slot_for(sp->target);
+    if (!sl || sp->layer < 0 || sp->layer >= m->cfg.n_layer || sp->r <= 0)
+        return lora_errorf(err, LORA_ERR_ARG, "LoRA: invalid site (layer %d, target %#x, r %d)",
+                           (int)sp->layer, (unsigned)sp->target, (int)sp->r);
+    gpt2_layer *ly       = &m->layers[sp->layer];
+    linear     *sites[4] = {&ly->c_attn, &ly->attn_proj, &ly->c_fc, &ly->mlp_proj};
+    linear     *site     = sites[sl->site];
+    int32_t     C        = m->cfg.n_embd;
+    lora_state *s        = calloc(1, sizeof *s);
+    if (!s) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
+    s->r       = sp->r;
+    s->in      = site->in;
+    s->len     = sl->slice < 0 ? site->out : C;
+    s->scale   = sp->scale;
+    s->dropout = dropout;
+    adapter     a  = {&lora_adapter_ops, sl->slice < 0 ? 0 : sl->slice * C, s->len, uid, s};
+    lora_status st = linear_attach(site, &a, err);
+    if (st != LORA_OK) {
+        free(s);
+        return st;
+    }
+    char    name[TPARAM_NAME_MAX];
+    int64_t shape_a[2] = {s->r, s->in}, shape_b[2] = {s->len, s->r};
+    snprintf(name, sizeof name, "h.%d.%s.lora_A", (int)sp->layer, sl->suffix);
+    int rc = tparams_add(&m->tp, name, 2, shape_a, NULL, &s->A, NULL, &s->dA, err);
+    if (rc < 0) return (lora_status)rc;
+    snprintf(name, sizeof name, "h.%d.%s.lora_B", (int)sp->layer, sl->suffix);
+    rc = tparams_add(&m->tp, name, 2, shape_b, NULL, &s->B, NULL, &s->dB, err);
+    return rc < 0 ? (lora_status)rc : LORA_OK;
+}
+
+int32_t lora_specs_from_params(const lora_model *m, const lora_adapter_params *p,
+                               lora_site_spec *specs, int32_t cap) {
+    int32_t n     = 0;
+    float   scale = p->use_rslora ? p->alpha / sqrtf((float)p->r) : p->alpha / (float)p->r;
+    for (int32_t l = 0; l < m->cfg.n_layer; l++)
+        for (size_t k = 0; k < sizeof lora_slots / sizeof lora_slots[0]; k++) {
+            if (!(p->targets & lora_slots[k].bit)) continue;
+            if (n < cap) specs[n] = (lora_site_spec){l, lora_slots[k].bit, p->r, scale};
+            n++;
+        }
+    return n;
+}
+
+static lora_status lora_plan(lora_model *m, const lora_adapter_params *p,
+                             const lora_site_spec *specs, int32_t n_specs, lora_error *err) {
     if (!(p->dropout >= 0.0f && p->dropout < 1.0f))
         return lora_errorf(err, LORA_ERR_ARG, "LoRA dropout %g must be in [0, 1)", p->dropout);
-    if (!p->targets) return lora_errorf(err, LORA_ERR_ARG, "LoRA: no target modules");
-    if ((p->targets & LORA_TARGET_C_ATTN) &&
-        (p->targets & (LORA_TARGET_Q | LORA_TARGET_K | LORA_TARGET_V)))
-        return lora_errorf(err, LORA_ERR_ARG,
-                           "LoRA targets: c_attn (the whole fused projection) and its q/k/v "
-                           "slices cannot both be targeted");
-    int32_t C = m->cfg.n_embd;
-    uint32_t uid = 0;
-    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
-        gpt2_layer *ly       = &m->layers[l];
-        linear     *sites[4] = {&ly->c_attn, &ly->attn_proj, &ly->c_fc, &ly->mlp_proj};
-        for (size_t k = 0; k < sizeof lora_slots / sizeof lora_slots[0]; k++) {
-            const lora_slot *sl = &lora_slots[k];
-            if (!(p->targets & sl->bit)) continue;
-            linear     *site = sites[sl->site];
-            lora_state *s    = calloc(1, sizeof *s);
-            if (!s) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
-            s->r       = p->r;
-            s->in      = site->in;
-            s->len     = sl->slice < 0 ? site->out : C;
-            s->scale   = p->use_rslora ? p->alpha / sqrtf((float)p->r) : p->alpha / (float)p->r;
-            s->dropout = p->dropout;
-            adapter a  = {&lora_adapter_ops, sl->slice < 0 ? 0 : sl->slice * C, s->len, uid++, s};
-            lora_status st = linear_attach(site, &a, err);
-            if (st != LORA_OK) {
-                free(s);
-                return st;
-            }
-            char    name[TPARAM_NAME_MAX];
-            int64_t shape_a[2] = {s->r, s->in}, shape_b[2] = {s->len, s->r};
-            snprintf(name, sizeof name, "h.%d.%s.lora_A", (int)l, sl->suffix);
-            int rc = tparams_add(&m->tp, name, 2, shape_a, NULL, &s->A, NULL, &s->dA, err);
-            if (rc < 0) return (lora_status)rc;
-            snprintf(name, sizeof name, "h.%d.%s.lora_B", (int)l, sl->suffix);
-            rc = tparams_add(&m->tp, name, 2, shape_b, NULL, &s->B, NULL, &s->dB, err);
-            if (rc < 0) return (lora_status)rc;
-        }
+    lora_site_spec *own = NULL;
+    if (!specs) {
+        if (p->r <= 0)
+            return lora_errorf(err, LORA_ERR_ARG, "LoRA rank r=%d must be positive", p->r);
+        if (!p->targets) return lora_errorf(err, LORA_ERR_ARG, "LoRA: no target modules");
+        if ((p->targets & LORA_TARGET_C_ATTN) &&
+            (p->targets & (LORA_TARGET_Q | LORA_TARGET_K | LORA_TARGET_V)))
+            return lora_errorf(err, LORA_ERR_ARG,
+                               "LoRA targets: c_attn (the whole fused projection) and its q/k/v "
+                               "slices cannot both be targeted");
+        n_specs = lora_specs_from_params(m, p, NULL, 0);
+        own     = calloc((size_t)n_specs, sizeof *own);
+        if (!own) return lora_errorf(err, LORA_ERR_NOMEM, "LoRA: out of memory");
+        lora_specs_from_params(m, p, own, n_specs);
+        specs = own;
     }
-    return LORA_OK;
+    lora_status st = LORA_OK;
+    for (int32_t i = 0; i < n_specs && st == LORA_OK; i++)
+        st = plan_site(m, &specs[i], p->dropout, (uint32_t)i, err);
+    free(own);
+    return st;
 }
 
 static lora_status lora_init_params(lora_model *m, const lora_adapter_params *p,
@@ -201,3 +236,39 @@ static lora_status lora_init_params(lora_model *m, const lora_adapter_params *p,
 }
 
 const peft_method peft_method_lora = {"lora", lora_plan, lora_init_params};
+
+int32_t lora_sites_list(const lora_model *m, lora_site_view *out, int32_t cap) {
+    static const uint32_t site_bits[4] = {LORA_TARGET_C_ATTN, LORA_TARGET_ATTN_PROJ,
+                                          LORA_TARGET_MLP_FC, LORA_TARGET_MLP_PROJ};
+    static const uint32_t slice_bits[3] = {LORA_TARGET_Q, LORA_TARGET_K, LORA_TARGET_V};
+    int32_t n = 0, C = m->cfg.n_embd;
+    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+        const gpt2_layer *ly = &m->layers[l];
+        const linear *sites[4] = {&ly->c_attn, &ly->attn_proj, &ly->c_fc, &ly->mlp_proj};
+        for (int k = 0; k < 4; k++)
+            for (int32_t i = 0; i < sites[k]->n_adapters; i++) {
+                const adapter *a = &sites[k]->adapters[i];
+                if (a->ops != &lora_adapter_ops) continue;
+                const lora_state *s = a->state;
+                if (n < cap) {
+                    lora_site_view *v = &out[n];
+                    v->layer  = l;
+                    v->target = (k == 0 && a->len != sites[k]->out) ? slice_bits[a->off / C]
+                                                                    : site_bits[k];
+                    v->r      = s->r;
+                    v->in     = s->in;
+                    v->len    = s->len;
+                    v->scale  = s->scale;
+                    v->A      = s->A;
+                    v->B      = s->B;
+                }
+                n++;
+            }
+    }
+    return n;
+}
+
+const char *lora_target_suffix(uint32_t target) {
+    const lora_slot *sl = slot_for(target);
+    return sl ? sl->suffix : NULL;
+}

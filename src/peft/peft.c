@@ -80,12 +80,17 @@ static const peft_method *method_table(lora_method m) {
 }
 
 lora_status lora_model_attach(lora_model *m, const lora_adapter_params *p, lora_error *err) {
+    return peft_attach(m, p, NULL, 0, err);
+}
+
+lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
+                        const lora_site_spec *specs, int32_t n_specs, lora_error *err) {
     if (m->attached)
         return lora_errorf(err, LORA_ERR_STATE, "%s: a PEFT method is already attached", m->dir);
     const peft_method *pm = method_table(p->method);
     if (!pm) return lora_errorf(err, LORA_ERR_ARG, "unknown PEFT method %d", (int)p->method);
     lora_status st;
-    if ((st = pm->plan(m, p, err)) != LORA_OK) goto fail;
+    if ((st = pm->plan(m, p, specs, n_specs, err)) != LORA_OK) goto fail;
     if ((st = tparams_alloc(&m->tp, err)) != LORA_OK) goto fail;
     if (pm->init && (st = pm->init(m, p, err)) != LORA_OK) goto fail;
     if ((st = gpt2_replan(m, err)) != LORA_OK) goto fail;

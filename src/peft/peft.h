@@ -12,10 +12,20 @@
 #include "lora.h"
 #include "model/gpt2.h"
 
+/* One adapter to attach: a layer, one LORA_TARGET_* bit, a rank and the output scale. */
+typedef struct lora_site_spec {
+    int32_t  layer;
+    uint32_t target;
+    int32_t  r;
+    float    scale;
+} lora_site_spec;
+
 typedef struct peft_method {
     const char *name;
-    /* Plans trainable tensors (tparams_add) and attaches adapters; runs before allocation. */
-    lora_status (*plan)(lora_model *m, const lora_adapter_params *p, lora_error *err);
+    /* Plans trainable tensors (tparams_add) and attaches adapters; runs before allocation.
+     * Adapter methods attach at `specs` when given, else at every site p->targets names. */
+    lora_status (*plan)(lora_model *m, const lora_adapter_params *p,
+                        const lora_site_spec *specs, int32_t n_specs, lora_error *err);
     /* Initialises parameters after the registry is allocated and bound (may be NULL). */
     lora_status (*init)(lora_model *m, const lora_adapter_params *p, lora_error *err);
 } peft_method;
@@ -26,5 +36,29 @@ extern const peft_method peft_method_bitfit;
 
 /* The site-level operations of a LoRA adapter (also used by tests). */
 extern const adapter_ops lora_adapter_ops;
+
+/* The specs lora_model_attach uses for uniform params; returns the count (fills up to cap). */
+int32_t lora_specs_from_params(const lora_model *m, const lora_adapter_params *p,
+                               lora_site_spec *specs, int32_t cap);
+
+/* lora_model_attach with explicit adapter sites (per-site rank and scale), e.g. from a file. */
+lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
+                        const lora_site_spec *specs, int32_t n_specs, lora_error *err);
+
+/* What the PEFT files need to know of one attached LoRA adapter. */
+typedef struct lora_site_view {
+    int32_t      layer;
+    uint32_t     target;
+    int32_t      r, in, len;
+    float        scale;
+    const float *A; /* (r, in) */
+    const float *B; /* (len, r) */
+} lora_site_view;
+
+/* "attn.c_attn.q", "mlp.c_fc", ... for one LORA_TARGET_* bit; NULL for a combination. */
+const char *lora_target_suffix(uint32_t target);
+
+/* Lists the attached LoRA adapters in model order; returns the count (fills up to cap). */
+int32_t lora_sites_list(const lora_model *m, lora_site_view *out, int32_t cap);
 
 #endif

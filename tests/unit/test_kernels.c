@@ -4,7 +4,7 @@
  * Two checks per kernel: the fast version against its naive reference on random inputs (several
  * shapes, odd sizes included, every forward output and every backward output, accumulation into
  * pre-filled gradients, NULL gradients), and each reference backward against central finite
- * differences of L = Σ out ⊙ G for a random G, using the reference forward. Non-BLAS kernels must
+ * differences of L = Σ out ⊙ G (random G), using the reference forward. Non-BLAS kernels must
  * also give bit-identical results with 1 and 2 threads.
  */
 #include "core/kernels.h"
@@ -538,6 +538,20 @@ static void test_crossentropy(int N, int V, float eps, float spread, int do_fd) 
     free(d_r), free(inpl), free(inpl_r);
 }
 
+/* a NaN logit must surface as a NaN loss, not be silently skipped */
+static void test_crossentropy_nan(void) {
+    int      V = 100;
+    float   *z = fmake(2 * (size_t)V, 3);
+    int32_t  tg[2] = {5, 7};
+    float    losses[2], lse[2], losses_r[2], lse_r[2];
+    z[V + 40] = NAN;
+    crossentropy_forward(losses, lse, z, tg, 2, V, 0.0f);
+    crossentropy_forward_ref(losses_r, lse_r, z, tg, 2, V, 0.0f);
+    test_cond("crossentropy NaN logit: clean row finite", isfinite(losses[0]) && isfinite(lse[0]));
+    test_cond("crossentropy NaN logit: loss is NaN", isnan(losses[1]) && isnan(losses_r[1]));
+    free(z);
+}
+
 int main(void) {
     test_encoder(2, 7, 54, 17, 1);
     test_encoder(1, 1, 5, 3, 1);
@@ -579,5 +593,6 @@ int main(void) {
     test_crossentropy(7, 509, 0.0f, 5.0f, 0);
     test_crossentropy(7, 509, 0.1f, 5.0f, 0);
     test_crossentropy(3, 50257, 0.1f, 8.0f, 0);
+    test_crossentropy_nan();
     return test_report("test_kernels");
 }
