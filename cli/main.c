@@ -8,7 +8,14 @@
 #include <string.h>
 
 static const cli_command commands[] = {
+    {"train", cmd_train, "fine-tune a model (LoRA, full, BitFit) on a JSONL dataset"},
     {"inspect", cmd_inspect, "print a model's config, tensors and a training memory estimate"},
+    {"generate", cmd_generate, "continue a prompt with a model (and adapter), KV-cached"},
+    {"tokenize", cmd_tokenize, "text on stdin to token ids, or ids back to text (--decode)"},
+    {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer from a corpus"},
+    {"data", cmd_data, "write a data set: the synthetic E2E-style data-to-text task"},
+    {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr and slot errors of outputs"},
+    {"eval", cmd_eval, "loss, perplexity and token accuracy of a model on a JSONL dataset"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

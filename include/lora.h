@@ -50,6 +50,11 @@ typedef struct lora_error {
 /* A static, human-readable name for a status ("ok", "I/O error", ...). */
 const char *lora_status_str(lora_status s);
 
+/* Sets the number of threads for every kernel (OpenMP and OpenBLAS); n <= 0 leaves the default
+ * (OMP_NUM_THREADS, else every core). */
+void lora_set_threads(int n);
+int  lora_get_threads(void);
+
 /* ---- models ---- */
 
 typedef struct lora_model lora_model;
@@ -103,6 +108,22 @@ lora_status lora_model_file_tensor(const lora_model *m, int32_t i, lora_file_ten
 
 /* Bytes of base weights used in place from the mapping, and converted to owned F32 memory. */
 void lora_model_weight_bytes(const lora_model *m, int64_t *mapped, int64_t *converted);
+
+typedef enum lora_dtype {
+    LORA_DTYPE_F32  = 0,
+    LORA_DTYPE_F16  = 1,
+    LORA_DTYPE_BF16 = 2
+} lora_dtype;
+
+/*
+ * Writes the model's current weights — trained values of full fine-tuning or BitFit included —
+ * as a Hugging Face GPT-2 directory: config.json, model.safetensors (keys "transformer.*", the
+ * tied head omitted) in `dtype`, and the tokenizer files of the source directory
+ * (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)
+ * copied when present. Each file is written atomically; DIR is created.
+ */
+lora_status lora_model_save_hf(lora_model *m, const char *dir, lora_dtype dtype,
+                               lora_error *err);
 
 /* ---- attaching a PEFT method ---- */
 
@@ -253,6 +274,72 @@ typedef struct lora_memory_estimate {
 lora_status lora_estimate_memory(const lora_config *cfg, const lora_adapter_params *p,
                                  int32_t B, int32_t T, lora_memory_estimate *out,
                                  lora_error *err);
+
+/* ---- training runs ---- */
+
+/* Scales every trainable gradient (e.g. 1 / grad_accum). */
+void lora_model_scale_grad(lora_model *m, float factor);
+
+typedef struct lora_train_params {
+    const char         *model_dir;     /* Hugging Face GPT-2 directory */
+    const char         *tokenizer_dir; /* NULL: model_dir */
+    const char         *data_path;     /* JSONL: {"text"} or {"prompt","completion"} lines */
+    const char         *val_path;      /* NULL: none (or val_split) */
+    const char         *out_dir;       /* adapter / model, metrics.jsonl, checkpoint */
+    const char         *resume_dir;    /* non-NULL: continue that run with its saved options */
+    lora_adapter_params adapter;
+    lora_optim_params   optim;         /* total_steps 0: epochs * batches per epoch */
+    int32_t             batch;         /* sequences per micro-batch */
+    int32_t             grad_accum;    /* micro-batches per optimizer step */
+    int32_t             seq_len;       /* T; 0: min(n_positions, 512) */
+    int32_t             pack;          /* 1: pack examples into full rows */
+    int32_t             skip_bad;      /* 1: skip malformed JSONL lines */
+    int64_t             epochs;
+    float               val_split;     /* fraction of data held out when val_path is NULL */
+    float               label_smoothing;
+    int64_t             eval_every;    /* steps; 0: only at the end */
+    int32_t             eval_batches;  /* 0: the whole validation set */
+    int64_t             save_every;    /* steps between checkpoints; 0: only at the end */
+    int64_t             log_every;     /* steps between metrics records */
+    uint64_t            seed;
+    int64_t             stop_after;    /* > 0: checkpoint and stop after this step (not saved
+                                          with the run's options: a run can go in slices) */
+} lora_train_params;
+
+/* Defaults: the LoRA paper's E2E recipe (AdamW lr 2e-4, weight decay 0.01, dropout 0.1, linear
+ * decay, label smoothing 0.1) with warm-up min(500, steps / 10), batch 8, 1 epoch. */
+lora_train_params lora_train_params_default(void);
+
+typedef enum lora_train_event_kind {
+    LORA_EVENT_INFO       = 0, /* a message: data statistics, resume point, ... */
+    LORA_EVENT_STEP       = 1, /* an optimizer step finished */
+    LORA_EVENT_EVAL       = 2, /* a validation pass finished */
+    LORA_EVENT_CHECKPOINT = 3, /* a checkpoint was written */
+    LORA_EVENT_DONE       = 4  /* outputs written; stopped = 1 when interrupted */
+} lora_train_event_kind;
+
+typedef struct lora_train_event {
+    lora_train_event_kind kind;
+    int64_t               step, total_steps; /* optimizer steps done, planned */
+    float                 loss, lr, grad_norm, val_loss;
+    double                tokens_per_s, elapsed_s, eta_s;
+    int32_t               stopped;
+    const char           *message; /* valid during the callback */
+} lora_train_event;
+
+typedef void (*lora_train_callback)(void *user, const lora_train_event *ev);
+
+/*
+ * Runs a training job end to end: loads the model, tokenizer and data, attaches the method,
+ * trains with AdamW, evaluates, writes metrics.jsonl (one JSON record per logged step and per
+ * evaluation), checkpoint.safetensors every save_every steps (atomically), and at the end the
+ * result: a PEFT adapter directory (LoRA) or a Hugging Face model directory (full, BitFit) in
+ * out_dir. When *stop becomes non-zero (a signal handler), the current step finishes, a
+ * checkpoint is written and the call returns LORA_OK with a DONE event whose stopped = 1.
+ * A resumed run reproduces the uninterrupted run's losses exactly (same thread count).
+ */
+lora_status lora_train(const lora_train_params *p, const volatile int *stop,
+                       lora_train_callback cb, void *user, lora_error *err);
 
 /* ---- PEFT adapter directories ---- */
 

@@ -10,6 +10,7 @@
  */
 #include "model/gpt2.h"
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/kernels.h"
 #include "io/fileutil.h"
@@ -79,19 +80,17 @@ static lora_status resolve_slot(lora_model *m, weight_slot *s, lora_error *err) 
     return LORA_OK;
 }
 
-static lora_status load_weights(lora_model *m, lora_error *err) {
+/* The model's tensors in checkpoint order (HF names without "transformer."), with the slot each
+ * one's F32 data lives in. Returns the count; slots may be NULL to count only. */
+static size_t weight_slots(lora_model *m, weight_slot *slots) {
     const lora_config *c = &m->cfg;
     int64_t C = c->n_embd, F = c->n_inner, V = c->vocab_size, P = c->n_positions;
-    int32_t L = c->n_layer;
-    size_t  n_slots = 4 + (size_t)L * 12 + (c->tie_word_embeddings ? 0 : 1);
-    weight_slot *slots = calloc(n_slots, sizeof *slots);
-    if (!slots) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", m->dir);
+    size_t  n = 4 + (size_t)c->n_layer * 12 + (c->tie_word_embeddings ? 0 : 1);
+    if (!slots) return n;
     size_t k = 0;
     slot_set(&slots[k++], "wte.weight", 2, V, C, &m->wte);
     slot_set(&slots[k++], "wpe.weight", 2, P, C, &m->wpe);
-    slot_set(&slots[k++], "ln_f.weight", 1, C, 0, &m->ln_f_w);
-    slot_set(&slots[k++], "ln_f.bias", 1, C, 0, &m->ln_f_b);
-    for (int32_t l = 0; l < L; l++) {
+    for (int32_t l = 0; l < c->n_layer; l++) {
         gpt2_layer *ly = &m->layers[l];
         char        nm[80];
 #define SLOT(suffix, nd, d0, d1, ptr)                                                          \
@@ -111,21 +110,20 @@ static lora_status load_weights(lora_model *m, lora_error *err) {
         SLOT("mlp.c_proj.bias", 1, C, 0, &ly->mlp_proj.b);
 #undef SLOT
     }
+    slot_set(&slots[k++], "ln_f.weight", 1, C, 0, &m->ln_f_w);
+    slot_set(&slots[k++], "ln_f.bias", 1, C, 0, &m->ln_f_b);
+    if (!c->tie_word_embeddings) slot_set(&slots[k++], "lm_head.weight", 2, V, C, &m->lm_head);
+    LORA_ASSERT(k == n);
+    return n;
+}
+
+static lora_status load_weights(lora_model *m, lora_error *err) {
+    const lora_config *c       = &m->cfg;
+    size_t             n_slots = weight_slots(m, NULL);
+    weight_slot       *slots   = calloc(n_slots, sizeof *slots);
+    if (!slots) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", m->dir);
+    weight_slots(m, slots);
     lora_status st = LORA_OK;
-    if (!c->tie_word_embeddings) {
-        slot_set(&slots[k], "lm_head.weight", 2, V, C, &m->lm_head);
-        /* HF saves the untied head at the top level, without the transformer. prefix */
-        slots[k].t = st_set_find(&m->files, "lm_head.weight", &slots[k].file);
-        if (!slots[k].t) {
-            st = lora_errorf(err, LORA_ERR_MISSING,
-                             "%s: tensor 'lm_head.weight' not found but tie_word_embeddings is "
-                             "false in config.json",
-                             m->dir);
-            goto done;
-        }
-        k++;
-    }
-    LORA_ASSERT(k == n_slots);
 
     size_t conv_floats = 0;
     for (size_t i = 0; i < n_slots; i++) {
@@ -542,4 +540,70 @@ void lora_model_weight_bytes(const lora_model *m, int64_t *mapped, int64_t *conv
     int64_t conv = (int64_t)m->converted_floats * (int64_t)sizeof(float);
     if (converted) *converted = conv;
     if (mapped) *mapped = m->weights_bytes - conv;
+}
+
+/* ---- writing a Hugging Face directory ---- */
+
+static const char *const tokenizer_files[] = {"tokenizer.json", "vocab.json", "merges.txt",
+                                              "tokenizer_config.json", "special_tokens_map.json"};
+
+lora_status lora_model_save_hf(lora_model *m, const char *dir, lora_dtype dtype,
+                               lora_error *err) {
+    size_t       n_slots = weight_slots(m, NULL);
+    weight_slot *slots   = calloc(n_slots, sizeof *slots);
+    void       **conv    = calloc(n_slots, sizeof *conv);
+    st_writer   *w       = st_writer_new();
+    lora_status  st      = LORA_OK;
+    char         path[4096];
+    if (!slots || !conv || !w) {
+        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+        goto done;
+    }
+    weight_slots(m, slots);
+    st_dtype sd = dtype == LORA_DTYPE_F16 ? ST_F16 : dtype == LORA_DTYPE_BF16 ? ST_BF16 : ST_F32;
+    for (size_t i = 0; i < n_slots && st == LORA_OK; i++) {
+        weight_slot *s     = &slots[i];
+        int64_t      numel = s->shape[0] * (s->ndim == 2 ? s->shape[1] : 1);
+        const void  *data  = *s->slot;
+        if (sd != ST_F32) {
+            uint16_t *h = malloc((size_t)numel * sizeof(uint16_t));
+            if (!h) {
+                st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+                break;
+            }
+            if (sd == ST_F16) lora_f32_to_f16_n(h, *s->slot, (size_t)numel);
+            else lora_f32_to_bf16_n(h, *s->slot, (size_t)numel);
+            conv[i] = h;
+            data    = h;
+        }
+        char name[96];
+        if (!strcmp(s->name, "lm_head.weight")) snprintf(name, sizeof name, "%s", s->name);
+        else snprintf(name, sizeof name, "transformer.%s", s->name);
+        st = st_writer_add(w, name, sd, s->ndim, s->shape, data, err);
+    }
+    if (st == LORA_OK) st = st_writer_meta(w, "format", "pt", err);
+    if (st == LORA_OK) st = lora_mkdirs(dir, err);
+    if (st == LORA_OK) st = lora_path_join(path, sizeof path, dir, "model.safetensors", err);
+    if (st == LORA_OK) st = st_writer_write(w, path, err);
+    if (st == LORA_OK) st = lora_path_join(path, sizeof path, dir, "config.json", err);
+    if (st == LORA_OK)
+        st = hf_config_write(path, &m->cfg,
+                             sd == ST_F16 ? "float16" : sd == ST_BF16 ? "bfloat16" : "float32",
+                             err);
+    for (size_t i = 0; st == LORA_OK && i < sizeof tokenizer_files / sizeof *tokenizer_files;
+         i++) {
+        char   src[4096], *text = NULL;
+        size_t len;
+        if (lora_path_join(src, sizeof src, m->dir, tokenizer_files[i], err) != LORA_OK) continue;
+        if (lora_read_file(src, &text, &len, NULL) != LORA_OK) continue; /* absent: fine */
+        st = lora_path_join(path, sizeof path, dir, tokenizer_files[i], err);
+        if (st == LORA_OK) st = lora_write_file_atomic(path, text, len, err);
+        free(text);
+    }
+done:
+    for (size_t i = 0; conv && i < n_slots; i++) free(conv[i]);
+    free(conv);
+    free(slots);
+    st_writer_free(w);
+    return st;
 }

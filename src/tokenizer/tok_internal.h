@@ -9,6 +9,7 @@
 #define LORA_TOKENIZER_TOK_INTERNAL_H
 
 #include "lora.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -17,7 +18,7 @@
 #include <pcre2.h>
 
 /* The special token GPT-2 uses as end-of-text and document separator. */
-#define TOK_EOT     "<|endoftext|>"
+#define TOK_EOT "<|endoftext|>"
 #define TOK_EOT_LEN 13
 
 /* ---- GPT-2's byte <-> unicode map ---- */
@@ -57,7 +58,7 @@ size_t tok_utf8_put(uint32_t cp, char *out);
 typedef struct tok_pretok {
     pcre2_code       *re;
     pcre2_match_data *md;
-    int               jit; /* 1 when JIT compilation succeeded */
+    int               jit;     /* 1 when JIT compilation succeeded */
     char             *scratch; /* a copy of a segment holding invalid UTF-8 */
     size_t            scratch_cap;
 } tok_pretok;
@@ -96,13 +97,13 @@ typedef struct tok_strmap {
 
 uint64_t tok_hash_bytes(const void *p, size_t n);
 /* Zero-initialised map is valid and empty. */
-void     tok_strmap_free(tok_strmap *m);
-void     tok_strmap_clear(tok_strmap *m);
+void tok_strmap_free(tok_strmap *m);
+void tok_strmap_clear(tok_strmap *m);
 /* Returns the entry for key, or NULL. */
 tok_strent *tok_strmap_get(const tok_strmap *m, const char *key, size_t n);
 /* Finds or inserts key (val 0 when new, *added = 1). NULL on out of memory or a key longer than
  * UINT32_MAX. The pointer is valid until the next insertion. */
-tok_strent *tok_strmap_upsert(tok_strmap *m, const char *key, size_t n, int *added);
+tok_strent               *tok_strmap_upsert(tok_strmap *m, const char *key, size_t n, int *added);
 static inline const char *tok_strmap_key(const tok_strmap *m, const tok_strent *e) {
     return m->keys + e->off;
 }
@@ -127,5 +128,61 @@ void tok_pairmap_free(tok_pairmap *m);
 int32_t tok_pairmap_get(const tok_pairmap *m, uint64_t key);
 /* Sets key to val (val >= 0); -1 on out of memory. */
 int tok_pairmap_put(tok_pairmap *m, uint64_t key, int32_t val);
+
+/* ---- the tokenizer object (tokenizer.h) ---- */
+
+typedef struct tok_special {
+    char   *text; /* owned */
+    size_t  len;
+    int32_t id;
+    size_t  next; /* encode scratch: where it next occurs */
+} tok_special;
+
+typedef struct tok_heapent {
+    int32_t rank;
+    int32_t pos;
+} tok_heapent;
+
+typedef struct tok_sym {
+    int32_t id; /* -1 once merged into its left neighbour */
+    int32_t prev, next;
+} tok_sym;
+
+struct lora_tokenizer {
+    tok_bytemap bm;
+    int32_t     n_vocab;      /* 1 + largest id */
+    int32_t     eos;          /* -1: none */
+    tok_strmap  vocab;        /* vocabulary form -> id */
+    int32_t    *form_ent;     /* (n_vocab) entry of vocab holding the id's form; -1: no token */
+    char       *dec;          /* decoded bytes of every id, concatenated */
+    size_t     *dec_off;      /* (n_vocab) */
+    uint32_t   *dec_len;      /* (n_vocab) */
+    int32_t     byte_id[256]; /* id of each byte's single-byte token; -1: none */
+
+    tok_pairmap ranks;        /* (left id, right id) -> merge rank */
+    int32_t    *merge_left;   /* (n_merges) */
+    int32_t    *merge_right;  /* (n_merges) */
+    int32_t    *merge_result; /* (n_merges) */
+    int32_t     n_merges;
+
+    tok_special *specials; /* (n_specials) */
+    int32_t      n_specials;
+
+    tok_pretok pretok;
+
+    /* encode state: word cache and scratch */
+    tok_strmap   cache; /* pre-token bytes -> (offset into cache_ids << 8) | count */
+    int32_t     *cache_ids;
+    size_t       cache_ids_len, cache_ids_cap;
+    tok_sym     *syms;
+    tok_heapent *heap;
+    int32_t     *merged;
+    size_t       word_cap; /* capacity of syms and merged; heap holds 3x */
+    int32_t     *out;
+    size_t       out_len, out_cap;
+};
+
+/* Fills a zeroed tokenizer from the files in dir (tok_load.c). */
+lora_status tok_load_dir(lora_tokenizer *tok, const char *dir, lora_error *err);
 
 #endif

@@ -88,3 +88,10 @@ lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
     }
     return LORA_OK;
 }
+
+void lora_model_scale_grad(lora_model *m, float factor) {
+    tparams *tp = &m->tp;
+    if (!tp->grad) return;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < tp->total; i++) tp->grad[i] *= factor;
+}

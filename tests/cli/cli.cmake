@@ -6,3 +6,5 @@ add_test(NAME cli_inspect
          COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/test_inspect.sh $<TARGET_FILE:lora>
                  $<TARGET_FILE:make_tiny_model> ${CMAKE_CURRENT_BINARY_DIR}/cli_inspect)
 set_tests_properties(cli_inspect PROPERTIES LABELS unit)
+include(${CMAKE_CURRENT_LIST_DIR}/generate.cmake OPTIONAL)
+include(${CMAKE_CURRENT_LIST_DIR}/eval.cmake OPTIONAL)

@@ -7,6 +7,8 @@
  *        checks that loading it back restores the same tensors (slices included) and logits.
  *   test_peft_oracle read MODEL_DIR FIXTURE_DIR  loads an adapter laid out as PEFT writes it and
  *        compares our logits with the reference's (max-abs <= 1e-4).
+ *   test_peft_oracle expect MODEL_DIR ADAPTER_DIR  loads an adapter (e.g. one `lora train` wrote)
+ *        and writes ADAPTER_DIR/expected.safetensors with our logits for peft_check.py.
  */
 #include "core/rng.h"
 #include "io/fileutil.h"
@@ -25,12 +27,29 @@ static void tokens_for(int32_t *tok, int V) {
     }
 }
 
+static void write_expected(lora_model *m, const char *dir) {
+    int32_t    tok[B * T];
+    lora_error err;
+    char       path[4200];
+    float      loss;
+    int        V = lora_model_config(m)->vocab_size;
+    tokens_for(tok, V);
+    lora_model_forward(m, tok, NULL, B, T, &loss, &err);
+    st_writer *w     = st_writer_new();
+    int64_t    ts[2] = {B, T}, ls[3] = {B, T, V};
+    st_writer_add(w, "tokens", ST_I32, 2, ts, tok, &err);
+    st_writer_add(w, "logits", ST_F32, 3, ls, lora_model_logits(m), &err);
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    test_condf(st_writer_write(w, path, &err) == LORA_OK, "%s", err.msg);
+    st_writer_free(w);
+}
+
 static void write_variant(const char *model_dir, const char *work, const char *name,
                           const char *targets, int32_t r, float alpha, int rslora,
                           const char *expect_names) {
     lora_model *m = NULL, *m2 = NULL;
     lora_error  err;
-    char        dir[4096], path[4200];
+    char        dir[4096];
     snprintf(dir, sizeof dir, "%s/%s", work, name);
     if (lora_model_load(model_dir, &m, &err) != LORA_OK) {
         test_condf(0, "%s", err.msg);
@@ -48,20 +67,12 @@ static void write_variant(const char *model_dir, const char *work, const char *n
         for (int64_t j = 0; j < t.numel; j++) t.data[j] = 0.05f * rng_normal(key, (uint64_t)j);
     }
     test_condf(lora_adapter_save(m, dir, "tiny", &err) == LORA_OK, "%s: save: %s", name, err.msg);
+    write_expected(m, dir);
     int32_t tok[B * T];
     int     V = lora_model_config(m)->vocab_size;
     tokens_for(tok, V);
     float loss;
-    lora_model_forward(m, tok, NULL, B, T, &loss, &err);
-    const float *logits = lora_model_logits(m);
-
-    st_writer *w       = st_writer_new();
-    int64_t    ts[2]   = {B, T}, ls[3] = {B, T, V};
-    st_writer_add(w, "tokens", ST_I32, 2, ts, tok, &err);
-    st_writer_add(w, "logits", ST_F32, 3, ls, logits, &err);
-    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
-    test_condf(st_writer_write(w, path, &err) == LORA_OK, "%s", err.msg);
-    st_writer_free(w);
+    const float *logits = lora_model_logits(m); /* of write_expected's forward */
 
     /* read back into a fresh model: same names (slices restored), same values, same logits */
     lora_model_load(model_dir, &m2, &err);
@@ -126,7 +137,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_peft_oracle write|read MODEL_DIR DIR\n");
         return 2;
     }
-    if (!strcmp(argv[1], "write")) {
+    if (!strcmp(argv[1], "expect")) {
+        lora_model *m = NULL;
+        lora_error  err;
+        if (lora_model_load(argv[2], &m, &err) != LORA_OK ||
+            lora_adapter_load(m, argv[3], &err) != LORA_OK) {
+            fprintf(stderr, "%s\n", err.msg);
+            lora_model_free(m);
+            return 1;
+        }
+        write_expected(m, argv[3]);
+        lora_model_free(m);
+    } else if (!strcmp(argv[1], "write")) {
         write_variant(argv[2], argv[3], "qv", "q,v", 4, 8.0f, 0, "h.1.attn.c_attn.v.lora_B");
         write_variant(argv[2], argv[3], "all_rslora", "all", 3, 6.0f, 1, "h.0.mlp.c_fc.lora_A");
         write_variant(argv[2], argv[3], "qkv_mlp", "q,k,v,mlp.c_proj", 2, 4.0f, 0,
