@@ -125,6 +125,15 @@ typedef enum lora_dtype {
 lora_status lora_model_save_hf(lora_model *m, const char *dir, lora_dtype dtype,
                                lora_error *err);
 
+/*
+ * Writes a freshly initialised GPT-2 as a Hugging Face directory (config.json +
+ * model.safetensors, F32), initialised as Hugging Face does: weights and embeddings
+ * N(0, 0.02), the two c_proj weights N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorm 1 and 0.
+ * With tokenizer_dir, its tokenizer files are copied in. For pretraining from scratch.
+ */
+lora_status lora_model_init_random(const lora_config *cfg, uint64_t seed, const char *dir,
+                                   const char *tokenizer_dir, lora_error *err);
+
 /* ---- attaching a PEFT method ---- */
 
 typedef enum lora_method {

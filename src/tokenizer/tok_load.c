@@ -197,9 +197,8 @@ static lora_status build_tables(lora_tokenizer *tok, const char *path, int32_t m
         if (tok->form_ent[id] >= 0) {
             const tok_strent *other = &tok->vocab.ents[tok->form_ent[id]];
             return lora_errorf(err, LORA_ERR_FORMAT,
-                               "%s: id %d is given to both '%.64s' and "
-                               "'%.64s'",
-                               path, (int)id, tok_strmap_key(&tok->vocab, other),
+                               "%s: id %d is given to both '%.64s' and '%.64s'", path, (int)id,
+                               tok_strmap_key(&tok->vocab, other),
                                tok_strmap_key(&tok->vocab, &tok->vocab.ents[k]));
         }
         tok->form_ent[id] = (int32_t)k;

@@ -5,13 +5,17 @@
  * What it is: the encoder of GPT-2 (Radford et al. 2019) — text is split into pre-tokens by
  * GPT-2's regex, each pre-token's bytes are shown as printable code points, and BPE merges are
  * applied by rank. Loads Hugging Face tokenizer.json (model "BPE", ByteLevel pre-tokenizer) or
- * the vocab.json + merges.txt pair. Ids equal those of the reference encoders (npm
- * gpt-3-encoder, OpenAI's encoder.py) on well-formed UTF-8.
+ * the vocab.json + merges.txt pair. Ids equal those of the reference encoder (npm
+ * gpt-3-encoder, a port of OpenAI's encoder.py) on well-formed UTF-8.
  * What it is not: SentencePiece, WordPiece, normalizers, or other pre-tokenizer regexes (Llama 3,
  * GPT-4): those files are refused with LORA_ERR_UNSUPPORTED.
  *
  * Self-contained (C11, lora_status / lora_error from lora.h only) so that it can move into the
  * public header as it is.
+ *
+ * Letters, digits and white space are classified as JavaScript's /u regexes classify them (the
+ * reference encoder's engine), with the Unicode tables of the PCRE2 library in use: code points
+ * assigned after that Unicode version may split differently.
  *
  * Bytes that are not well-formed UTF-8. The reference encoders take strings: bytes reach them
  * through a lossy decode that turns every ill-formed sequence into U+FFFD, so their ids decode

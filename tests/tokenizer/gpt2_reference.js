@@ -13,7 +13,8 @@
 //      after a lossy decode to U+FFFD. Checked: (a) on that lossy text, identical ids;
 //      (b) on the raw bytes, lora's ids equal the reference's regex and BPE applied to the
 //      original bytes of each pre-token (pre-token boundaries taken from the reference's regex
-//      on the lossy text); (c) decoding gives the raw bytes back.
+//      on the lossy text); (c) decoding gives the raw bytes back;
+//   4. the vocabulary written as a Hugging Face tokenizer.json gives the same ids.
 // Special tokens: the reference encodes "<|endoftext|>" as plain text; here the text is split at
 // it and 50256 put in its place, as tokenizers that allow special tokens do (js-tiktoken's
 // allowedSpecial "all", Hugging Face's added tokens). --no-special is checked against the
@@ -108,8 +109,8 @@ function refEncodeBytes(buf) {
 
 // ---- lora ----
 
-function loraEncode(buf, extra = []) {
-    const out = execFileSync(lora, ['tokenize', '--tokenizer', tokDir, ...extra],
+function loraEncode(buf, extra = [], dir = tokDir) {
+    const out = execFileSync(lora, ['tokenize', '--tokenizer', dir, ...extra],
         { input: buf, maxBuffer: 1 << 28 }).toString().trim();
     return out === '' ? [] : out.split(' ').map(Number);
 }
@@ -229,6 +230,24 @@ for (const [name, buf] of [['invalid UTF-8 cases', joinBufs(badBufs)],
     sameIds(`${name}, raw bytes: ids`, got, refEncodeBytes(buf));
     check(`${name}, raw bytes: decode gives the bytes back`, loraDecode(got).equals(buf));
 }
+
+// 4. the same vocabulary written as a Hugging Face tokenizer.json (merges as [a, b] pairs)
+const jsonDir = tokDir + '-json';
+fs.mkdirSync(jsonDir, { recursive: true });
+const mergeLines = fs.readFileSync(path.join(pkgDir, 'vocab.bpe'), 'utf8').split('\n').slice(1);
+const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+fs.writeFileSync(path.join(jsonDir, 'tokenizer.json'), JSON.stringify({
+    version: '1.0',
+    added_tokens: [{ id: EOT_ID, content: EOT, single_word: false, lstrip: false, rstrip: false,
+                     normalized: false, special: true }],
+    normalizer: null,
+    pre_tokenizer: byteLevel,
+    decoder: byteLevel,
+    model: { type: 'BPE', dropout: null, unk_token: null, vocab: encoder,
+             merges: mergeLines.filter(l => l.length > 0).map(l => l.split(' ')) },
+}));
+sameIds('tokenizer.json form: varied text', loraEncode(varied, [], jsonDir),
+    refEncodeString(varied.toString('utf8')));
 
 console.log(`gpt2 interop: ${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -8,6 +8,14 @@ add_test(NAME tokenizer_gpt2
                  ${CMAKE_CURRENT_BINARY_DIR}/tokenizer_gpt2)
 set_tests_properties(tokenizer_gpt2 PROPERTIES LABELS interop SKIP_RETURN_CODE 77 TIMEOUT 600)
 
+# tokenizer_hf_json (label interop): a tokenizer.json from `lora tokenizer-train`, read by Hugging
+# Face's JS tokenizers (npm @huggingface/tokenizers, fetched at test time), gives lora's ids.
+add_test(NAME tokenizer_hf_json
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/tokenizer/check_hf_json.sh $<TARGET_FILE:lora>
+                 ${CMAKE_CURRENT_BINARY_DIR}/tokenizer_hf_json)
+set_tests_properties(tokenizer_hf_json PROPERTIES LABELS interop SKIP_RETURN_CODE 77
+                     TIMEOUT 600)
+
 # tokenizer_cli (label e2e): `lora tokenizer-train` then `lora tokenize` on a generated corpus,
 # round trip and exit codes. Needs nothing outside the build.
 add_test(NAME tokenizer_cli

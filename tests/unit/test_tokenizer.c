@@ -8,7 +8,8 @@
  *  - decode(encode(x)) == x for thousands of random byte strings, and for long runs;
  *  - vocab.json + merges.txt, tokenizer.json with "a b" merges and with ["a", "b"] merges all
  *    giving the same ids;
- *  - each malformed-input error, with its status and the file (and line) in the message.
+ *  - each malformed-input error, with its status and the file (and line) in the message, and
+ *    hundreds of randomly damaged files loading or failing cleanly.
  * The real GPT-2 vocabulary is checked against the reference encoder in tests/tokenizer/.
  */
 #include "tokenizer/tokenizer.h"
@@ -618,6 +619,61 @@ static void test_errors(void) {
     }
 }
 
+/* Damaged files: random byte changes and truncations of a good tokenizer.json and merges.txt
+ * must either load (and then encode) or fail with a one-line message naming the file. */
+static void test_damaged(void) {
+    char good[1100], d[1100];
+    make_dir(good, sizeof good, "tok_json_str");
+    write_tokenizer_json(good, 0);
+    write_vocab_merges(good);
+    make_dir(d, sizeof d, "tok_damaged");
+    const char *names[] = {"tokenizer.json", "merges.txt"};
+    int         bad_msgs = 0, loaded = 0;
+    for (int t = 0; t < 400; t++) {
+        const char *name = names[t % 2];
+        char        path[1200];
+        size_t      len;
+        char       *data;
+        snprintf(path, sizeof path, "%s/%s", good, name);
+        if (lora_read_file(path, &data, &len, NULL) != LORA_OK) continue;
+        if (t % 4 < 2) {
+            for (int k = 1 + (int)(rng_u32() % 4); k > 0; k--) {
+                data[rng_u32() % len] = "\"{}[]:, 0a\\\xFF"[rng_u32() % 13];
+            }
+        } else {
+            len = rng_u32() % len;
+        }
+        make_dir(d, sizeof d, "tok_damaged");
+        if (t % 2) { /* merges.txt is only read beside a vocab.json */
+            char v[1200];
+            snprintf(v, sizeof v, "%s/vocab.json", good);
+            char  *vd;
+            size_t vl;
+            if (lora_read_file(v, &vd, &vl, NULL) == LORA_OK) {
+                snprintf(v, sizeof v, "%s/vocab.json", d);
+                lora_write_file_atomic(v, vd, vl, NULL);
+                free(vd);
+            }
+        }
+        snprintf(path, sizeof path, "%s/%s", d, name);
+        lora_write_file_atomic(path, data, len, NULL);
+        free(data);
+
+        lora_tokenizer *tok;
+        lora_error      err = {0};
+        if (lora_tokenizer_load(d, &tok, &err) == LORA_OK) {
+            loaded++;
+            round_trips(tok, "hello world abab", 16, LORA_ENCODE_SPECIAL);
+            lora_tokenizer_free(tok);
+        } else {
+            bad_msgs += !strstr(err.msg, name) || strchr(err.msg, '\n') != NULL;
+        }
+    }
+    test_condf(bad_msgs == 0, "%d damaged files gave an error that does not name the file",
+               bad_msgs);
+    test_condf(loaded < 400, "all %d damaged files loaded", loaded);
+}
+
 int main(void) {
     const char *root = getenv("LORA_TEST_TMP");
     snprintf(tmp_root, sizeof tmp_root, "%s/test_tokenizer.%ld", root && *root ? root : "/tmp",
@@ -641,5 +697,6 @@ int main(void) {
         lora_tokenizer_free(tok);
     }
     test_errors();
+    test_damaged();
     return test_report("test_tokenizer");
 }
