@@ -6,6 +6,8 @@
 #ifndef LORA_CLI_COMMANDS_H
 #define LORA_CLI_COMMANDS_H
 
+#include "lora.h"
+
 typedef struct cli_command {
     const char *name;
     int (*run)(int argc, char **argv); /* argv[0] is the command name */
@@ -16,6 +18,10 @@ int cmd_inspect(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+
+/* "f32", "f16", "bf16" to a dtype; 0 on success. */
+int cli_parse_dtype(const char *s, lora_dtype *out);
 int cmd_tokenize(int argc, char **argv);
 int cmd_tokenizer_train(int argc, char **argv);
 int cmd_data(int argc, char **argv);

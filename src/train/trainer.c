@@ -23,6 +23,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +33,7 @@
 #define CHECKPOINT_FILE "checkpoint.safetensors"
 #define ARGS_FILE       "train_args.json"
 #define METRICS_FILE    "metrics.jsonl"
+#define LOCK_FILE       ".lock"
 
 lora_train_params lora_train_params_default(void) {
     lora_train_params p;
@@ -221,6 +225,7 @@ typedef struct run {
     int64_t                  step, total;
     FILE                    *metrics;
     int                      made_out; /* the output directory did not exist before */
+    int                      lock_fd;  /* holds an exclusive flock on out_dir/.lock */
     char                     path[4096];
 } run;
 
@@ -403,6 +408,14 @@ static lora_status setup(run *r, lora_error *err) {
     struct stat sb;
     r->made_out = stat(p->out_dir, &sb) != 0;
     if ((st = lora_mkdirs(p->out_dir, err)) != LORA_OK) return st;
+    /* one run per directory: two writers would interleave checkpoints */
+    if ((st = out_path(r, LOCK_FILE, err)) != LORA_OK) return st;
+    r->lock_fd = open(r->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (r->lock_fd < 0)
+        return lora_errorf(err, LORA_ERR_IO, "%s: cannot create: %s", r->path, strerror(errno));
+    if (flock(r->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return lora_errorf(err, LORA_ERR_STATE, "%s: another training run is using this "
+                           "directory", p->out_dir);
 
     if ((st = lora_model_load(p->model_dir, &r->m, err)) != LORA_OK) return st;
     const lora_config *cfg = lora_model_config(r->m);
@@ -419,7 +432,8 @@ static lora_status setup(run *r, lora_error *err) {
 
     char cache[4096];
     if ((st = lora_path_join(cache, sizeof cache, p->out_dir, "cache", err)) != LORA_OK) return st;
-    lora_dataset_params dp = {r->T, p->skip_bad, cache};
+    /* packing cuts the stream into rows itself: nothing is truncated then */
+    lora_dataset_params dp = {p->pack ? (1 << 30) : r->T, p->skip_bad, cache};
     lora_dataset_stats  ds;
     if ((st = lora_dataset_load(p->data_path, r->tok, &dp, &r->train, &ds, err)) != LORA_OK)
         return st;
@@ -612,12 +626,14 @@ lora_status lora_train(const lora_train_params *params, const volatile int *stop
     memset(&r, 0, sizeof r);
     r.p    = &p;
     r.cb   = cb;
-    r.user = user;
-    st     = setup(&r, err);
+    r.user    = user;
+    r.lock_fd = -1;
+    st        = setup(&r, err);
     if (st != LORA_OK && r.made_out) { /* leave nothing behind but what existed */
-        char cache[4096];
-        if (lora_path_join(cache, sizeof cache, p.out_dir, "cache", NULL) == LORA_OK)
-            rmdir(cache);
+        char path[4096];
+        if (lora_path_join(path, sizeof path, p.out_dir, "cache", NULL) == LORA_OK) rmdir(path);
+        if (lora_path_join(path, sizeof path, p.out_dir, LOCK_FILE, NULL) == LORA_OK)
+            unlink(path);
         rmdir(p.out_dir);
     }
     if (st == LORA_OK) st = train_loop(&r, stop, err);
@@ -630,6 +646,7 @@ lora_status lora_train(const lora_train_params *params, const volatile int *stop
     lora_dataset_free(r.val);
     lora_tokenizer_free(r.tok);
     lora_model_free(r.m);
+    if (r.lock_fd >= 0) close(r.lock_fd);
     saved_free(&ss);
     return st;
 }

@@ -74,9 +74,23 @@ for delay in 0.7 0.3 0.5 0.9 0.4; do
     fi
     kpid=$!
 done
+# while a run holds K, a second run on K is refused
+sleep 0.5
+"$lora" train --resume "$work/K" --threads 1 --quiet >/dev/null 2>"$work/lock.txt"; rc=$?
+[ "$rc" -eq 1 ] && grep -q "another training run" "$work/lock.txt" && ok || bad "second run on a busy directory: exit $rc: $(cat "$work/lock.txt")"
 kill -9 "$kpid" 2>/dev/null; wait "$kpid" 2>/dev/null
 [ "$kills" -ge 3 ] && ok || bad "only $kills checkpoints to check after SIGKILL"
 echo "SIGKILL: $kills kills, checkpoint valid every time"
+
+# Ctrl-C (SIGINT): a checkpoint, a clean exit 130, and the run resumes
+# shellcheck disable=SC2086
+"$lora" train $common --steps 100000 --save-every 1000 --eval-every 0 --out "$work/I" 2>"$work/int.txt" &
+ipid=$!
+sleep 1.5
+kill -INT "$ipid"; wait "$ipid"; rc=$?
+[ "$rc" -eq 130 ] && ok || bad "SIGINT: exit $rc, want 130"
+"$stcheck" "$work/I/checkpoint.safetensors" && ok || bad "SIGINT: no valid checkpoint"
+grep -q "lora train --resume" "$work/int.txt" && ok || bad "SIGINT: no resume hint"
 
 # bad input: one line on stderr, non-zero exit, nothing half-written
 check_err() { # expected-exit pattern description -- args
