@@ -1,10 +1,7 @@
 /*
  * bench_tokenizer.c — encode and decode throughput of the BPE tokenizer on one core.
  *
- *   cc -std=c11 -D_GNU_SOURCE -O3 -Iinclude -Isrc bench/bench_tokenizer.c src/core/error.c \
- *      src/io/fileutil.c src/tokenizer/tok_common.c src/tokenizer/tok_load.c \
- *      src/tokenizer/tokenizer.c -lcjson -lpcre2-8 -o /tmp/bench_tokenizer
- *   /tmp/bench_tokenizer TOKENIZER_DIR TEXT_FILE [REPEATS]
+ *   build/bench/bench_tokenizer TOKENIZER_DIR TEXT_FILE [REPEATS]
  *
  * The first encode starts with an empty word cache ("cold"); later ones reuse it ("warm").
  * Not a test: it checks only that decoding gives the text back.

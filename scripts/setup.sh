@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 pkgs="build-essential cmake pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev
-      libmicrohttpd-dev gnuplot-nox python3-torch python3-numpy python3-nltk nodejs npm"
+      gnuplot-nox python3-torch python3-numpy python3-nltk nodejs npm"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

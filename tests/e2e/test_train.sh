@@ -116,6 +116,10 @@ check_err 2 "exclusive" "steps and epochs" train --model "$model" --data x --out
 check_err 2 "do not apply" "lora option with full" train --model "$model" --data x --out y --method full --r 4
 check_err 2 "saved options" "resume with options" train --resume "$work/B" --lr 1
 check_err 2 "" "unknown option" train --bogus
+# an adapter for another base model: names the tensor, both shapes, and hints at the mismatch
+check_err 1 "another base model" "adapter for another base" generate --model "$work/oc/models/odd" --tokenizer "$model" --adapter "$work/A" --prompt "copy: abc =" --max-new 4
+grep -q "lora_A.weight' has shape (16, 64) but the model expects (16, 54)" "$work/err.txt" && ok || bad "adapter mismatch message: $(cat "$work/err.txt")"
+check_err 1 "another base model" "eval with a mismatched adapter" eval --model "$work/oc/models/odd" --tokenizer "$model" --adapter "$work/A" --data "$work/data/val.jsonl"
 ls "$work"/o1 "$work"/o2 2>/dev/null | grep -q "adapter_model" && bad "half-written outputs" || ok
 
 echo "test_train: $pass passed, $fail failed"
