@@ -258,6 +258,28 @@ static lora_status out_path(run *r, const char *name, lora_error *err) {
     return lora_path_join(r->path, sizeof r->path, r->p->out_dir, name, err);
 }
 
+/*
+ * Drops the padded tail that every row of a (B, T) batch shares: positions after the last target
+ * >= 0 of every row. Causal attention means those positions influence nothing before them, so
+ * the loss and gradients are exactly those of the full batch, for less work. Rows are compacted
+ * in place to the new stride; returns the new T (at least 1).
+ */
+static int32_t trim_batch(int32_t *tokens, int32_t *targets, int32_t B, int32_t T) {
+    int32_t keep = 1;
+    for (int32_t b = 0; b < B; b++)
+        for (int32_t t = T - 1; t >= keep; t--)
+            if (targets[(size_t)b * T + t] >= 0) {
+                keep = t + 1;
+                break;
+            }
+    if (keep == T) return T;
+    for (int32_t b = 1; b < B; b++) {
+        memmove(tokens + (size_t)b * keep, tokens + (size_t)b * T, (size_t)keep * sizeof(int32_t));
+        memmove(targets + (size_t)b * keep, targets + (size_t)b * T, (size_t)keep * sizeof(int32_t));
+    }
+    return keep;
+}
+
 /* Mean validation loss over up to eval_batches batches, token-weighted. */
 static lora_status evaluate(run *r, float *val_loss, lora_error *err) {
     lora_batcher_state s0 = {r->p->seed, 0, 0};
@@ -273,7 +295,8 @@ static lora_status evaluate(run *r, float *val_loss, lora_error *err) {
         int64_t n_loss;
         float   loss;
         lora_batcher_next(r->vb, r->tokens, r->targets, &n_loss);
-        st = lora_model_forward(r->m, r->tokens, r->targets, r->p->batch, r->T, &loss, err);
+        int32_t T = trim_batch(r->tokens, r->targets, r->p->batch, r->T);
+        st = lora_model_forward(r->m, r->tokens, r->targets, r->p->batch, T, &loss, err);
         if (st != LORA_OK) break;
         sum += (double)loss * (double)n_loss;
         count += n_loss;
@@ -536,11 +559,12 @@ static lora_status train_loop(run *r, const volatile int *stop, lora_error *err)
             int64_t n_loss;
             float   loss;
             lora_batcher_next(r->tb, r->tokens, r->targets, &n_loss);
-            st = lora_model_forward(r->m, r->tokens, r->targets, p->batch, r->T, &loss, err);
+            int32_t T = trim_batch(r->tokens, r->targets, p->batch, r->T);
+            st = lora_model_forward(r->m, r->tokens, r->targets, p->batch, T, &loss, err);
             if (st == LORA_OK) st = lora_model_backward(r->m, err);
             if (st != LORA_OK) return st;
             loss_sum += loss;
-            tokens_done += (int64_t)p->batch * r->T;
+            tokens_done += (int64_t)p->batch * T;
         }
         if (p->grad_accum > 1) lora_model_scale_grad(r->m, 1.0f / (float)p->grad_accum);
         if ((st = lora_model_step(r->m, &o, (float)lr, &gn, err)) != LORA_OK) return st;
