@@ -23,7 +23,7 @@ static void inspect_usage(FILE *out) {
             "  --targets LIST              LoRA targets: q,k,v,c_attn,c_proj,c_fc,mlp.c_proj,all\n"
             "                              (default q,v)\n"
             "  --batch B                   batch size (default 4)\n"
-            "  --seq-len T                 sequence length (default 128, at most n_positions)\n"
+            "  --seq-len T                 sequence length (default min(128, n_positions))\n"
             "  --no-tensors                omit the tensor table\n"
             "  -h, --help                  this help\n");
 }
@@ -48,7 +48,7 @@ int cmd_inspect(int argc, char **argv) {
         {"seq-len", required_argument, 0, 's'}, {"no-tensors", no_argument, 0, 'n'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     lora_adapter_params p = lora_adapter_params_default();
-    int32_t             B = 4, T = 128;
+    int32_t             B = 4, T = 0; /* T 0: min(128, n_positions) */
     int                 tensors = 1, c;
     lora_error          err;
     optind = 1;
@@ -134,6 +134,7 @@ int cmd_inspect(int argc, char **argv) {
         }
     }
     lora_memory_estimate est;
+    if (T == 0) T = cfg->n_positions < 128 ? cfg->n_positions : 128;
     if (lora_estimate_memory(cfg, &p, B, T, &est, &err) != LORA_OK) {
         cli_error("inspect", "%s: %s", dir, err.msg);
         lora_model_free(m);

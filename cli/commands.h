@@ -19,6 +19,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* "f32", "f16", "bf16" to a dtype; 0 on success. */
 int cli_parse_dtype(const char *s, lora_dtype *out);

@@ -137,10 +137,23 @@ lora_status lora_model_init_random(const lora_config *cfg, uint64_t seed, const 
 /* ---- attaching a PEFT method ---- */
 
 typedef enum lora_method {
-    LORA_METHOD_LORA   = 0, /* low-rank adapters on the chosen linear sites */
-    LORA_METHOD_FULL   = 1, /* every weight trainable (the paper's FT baseline) */
-    LORA_METHOD_BITFIT = 2  /* only the bias vectors trainable (BitFit baseline) */
+    LORA_METHOD_LORA    = 0, /* low-rank adapters on the chosen linear sites */
+    LORA_METHOD_FULL    = 1, /* every weight trainable (the paper's FT baseline) */
+    LORA_METHOD_BITFIT  = 2, /* only the bias vectors trainable (BitFit baseline) */
+    LORA_METHOD_ADALORA = 3  /* SVD-form adapters with an adaptive rank budget (AdaLoRA) */
 } lora_method;
+
+/* AdaLoRA (Zhang et al., 2023) as PEFT implements it; defaults are PEFT's. */
+typedef struct lora_adalora_params {
+    int32_t target_r;   /* average final rank per site (init rank is lora_adapter_params.r) */
+    int64_t tinit;      /* steps before pruning starts */
+    int64_t tfinal;     /* last steps with the final, frozen mask */
+    int64_t delta_t;    /* steps between budget reallocations */
+    int64_t total_step; /* planned optimizer steps (set by the trainer) */
+    float   beta1;      /* EMA of the sensitivity */
+    float   beta2;      /* EMA of its uncertainty */
+    float   orth_reg;   /* weight of the orthogonality penalty */
+} lora_adalora_params;
 
 /* Linear sites an adapter may target; OR them together. */
 enum {
@@ -168,9 +181,11 @@ typedef struct lora_adapter_params {
     int32_t     use_rslora; /* 1: s = alpha / sqrt(r) */
     lora_init   init;
     uint64_t    seed;       /* for A's initialisation and dropout masks */
+    lora_adalora_params adalora; /* LORA_METHOD_ADALORA only */
 } lora_adapter_params;
 
-/* Defaults: LoRA, r = 8, alpha = 16, dropout 0.1, targets q and v, Kaiming init, seed 42. */
+/* Defaults: LoRA, r = 8, alpha = 16, dropout 0.1, targets q and v, Kaiming init, seed 42;
+ * AdaLoRA: target_r 8, tinit 0, tfinal 0, delta_t 1, beta1 = beta2 = 0.85, orth_reg 0.5. */
 lora_adapter_params lora_adapter_params_default(void);
 
 /* Parses a target list such as "q,v", "c_attn,c_proj", "mlp.c_fc", "all" into bits. */
@@ -371,6 +386,46 @@ lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_m
  * tensor, both shapes, and hint that the adapter may be for another base model.
  */
 lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err);
+
+/* ---- GGUF ---- */
+
+/*
+ * Writes the model's current weights as a GGUF v3 file that llama.cpp runs (architecture
+ * "gpt2"): the gpt2.* hyper-parameters, llama.cpp's tensor names (token_embd, position_embd,
+ * blk.N.attn_norm / attn_qkv / attn_output / ffn_norm / ffn_up / ffn_down, output_norm; no
+ * output.weight when the head is tied), each linear weight transposed from the Conv1D (in, out)
+ * layout to nn.Linear's (out, in), and the tokenizer of tokenizer_dir (NULL: the model's
+ * directory) as tokenizer.ggml.* (model "gpt2", pre "gpt-2", tokens padded with "[PADn]" up to
+ * the model's vocabulary, merges, token types, bos/eos = "<|endoftext|>"). dtype F16 or BF16
+ * narrows the 2-D weights; 1-D tensors stay F32. Attached adapters are not merged. llama.cpp's
+ * GPT-2 graph uses the tanh GELU whatever the config says. Atomic write. LORA_ERR_MISSING when
+ * no tokenizer is found, LORA_ERR_SHAPE when it has more tokens than the model's vocabulary.
+ */
+lora_status lora_model_save_gguf(lora_model *m, const char *path, lora_dtype dtype,
+                                 const char *tokenizer_dir, lora_error *err);
+
+/*
+ * Writes the attached LoRA adapter as a llama.cpp LoRA GGUF (general.type "adapter",
+ * adapter.type "lora", adapter.lora.alpha f32): per adapted weight "<name>.lora_a" (r, in) and
+ * "<name>.lora_b" (out, r) in PyTorch order (ne reversed), where <name> is the base tensor
+ * (blk.N.attn_qkv.weight, attn_output, ffn_up, ffn_down). q/k/v slice adapters of one layer go
+ * on attn_qkv as stacked A and block B with zero rows elsewhere. llama.cpp scales by
+ * user_scale * alpha / r with r read from lora_b, so alpha = scale * r (rsLoRA's sqrt folded
+ * in); modules whose scale * r differs from the first module's get the ratio folded into B.
+ * LORA_ERR_STATE when no LoRA adapter is attached. Atomic write.
+ */
+lora_status lora_adapter_save_gguf(lora_model *m, const char *path, lora_dtype dtype,
+                                   lora_error *err);
+
+/*
+ * Loads a GGUF GPT-2 model (architecture "gpt2", F32/F16/BF16 tensors; what
+ * lora_model_save_gguf writes and llama.cpp's converter produces). lora_model_load calls this
+ * for paths ending in ".gguf". The file is read once and closed: every weight is copied into
+ * one owned F32 buffer, the linear weights transposed back into the Conv1D (in, out) layout
+ * (they cannot be used in place). The activation is the tanh GELU. The tokenizer is not read:
+ * give tools a tokenizer directory. Errors as lora_model_load's, naming the file and key.
+ */
+lora_status lora_model_load_gguf(const char *path, lora_model **out, lora_error *err);
 
 /* ---- generation (KV cache) ---- */
 

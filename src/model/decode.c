@@ -28,9 +28,6 @@
 #include <omp.h>
 #endif
 
-/* A forward with fewer multiply-adds than this (rows x weights) runs on one thread. */
-#define FORWARD_PARALLEL_MIN (1L << 20)
-
 /* Attention over the cache runs multi-threaded when a forward has at least this many
  * query-key multiply-adds (Σ_rows (pos + 1) · C); below it, starting the team costs more. */
 #define ATTEND_PARALLEL_MIN (1L << 16)
@@ -234,32 +231,39 @@ static void attend_one(float *out, float *sc, const float *q, const float *k, co
     }
 }
 
+/* One work item of attend: query row r (of R) and head h, item = r · NH + h. */
+static void attend_item(lora_decoder *d, float *sc, size_t layer, int C, int NH, float scale,
+                        int item) {
+    int    r = item / NH, h = item % NH, hs = C / NH, P = d->max_len;
+    size_t base = layer + (size_t)d->row_seq[r] * P * C + (size_t)h * hs;
+    attend_one(d->atty + (size_t)r * C + (size_t)h * hs, sc,
+               d->qkv + (size_t)r * 3 * C + (size_t)h * hs, d->k_cache + base, d->v_cache + base,
+               d->row_pos[r] + 1, C, hs, scale);
+}
+
 /* atty (R, C) for layer l: row r attends causally to [0, row_pos[r]] of sequence row_seq[r],
- * whose keys and values are already in the cache. Work items are (row, head) pairs. */
+ * whose keys and values are already in the cache. Work items are (row, head) pairs; a small
+ * forward runs them on the calling thread without entering OpenMP. */
 static void attend(lora_decoder *d, int32_t l, int R) {
     const lora_config *c = &d->m->cfg;
-    int                C = c->n_embd, NH = c->n_head, hs = C / NH, P = d->max_len;
+    int                C = c->n_embd, NH = c->n_head, hs = C / NH, n_items = R * NH;
     float              scale = (float)(1.0 / sqrt((double)hs));
-    size_t             layer = (size_t)l * d->n_seq * P * C;
+    size_t             layer = (size_t)l * d->n_seq * d->max_len * C;
     long               work  = 0;
     for (int r = 0; r < R; r++) work += (long)(d->row_pos[r] + 1) * C;
-    int parallel = work >= ATTEND_PARALLEL_MIN && d->n_threads > 1;
-#pragma omp parallel num_threads(d->n_threads) if (parallel)
+    if (work < ATTEND_PARALLEL_MIN || d->n_threads < 2) {
+        for (int i = 0; i < n_items; i++) attend_item(d, d->att_scratch, layer, C, NH, scale, i);
+        return;
+    }
+#pragma omp parallel num_threads(d->n_threads)
     {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *sc = d->att_scratch + (size_t)tid * P;
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int r = 0; r < R; r++) {
-            for (int h = 0; h < NH; h++) {
-                size_t base = layer + (size_t)d->row_seq[r] * P * C + (size_t)h * hs;
-                attend_one(d->atty + (size_t)r * C + (size_t)h * hs, sc,
-                           d->qkv + (size_t)r * 3 * C + (size_t)h * hs, d->k_cache + base,
-                           d->v_cache + base, d->row_pos[r] + 1, C, hs, scale);
-            }
-        }
+        float *sc = d->att_scratch + (size_t)tid * d->max_len;
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n_items; i++) attend_item(d, sc, layer, C, NH, scale, i);
     }
 }
 
@@ -320,27 +324,8 @@ static void head_rows(lora_decoder *d, float *out, int first, int n) {
 /* The forward over R rows, then logits for rows [first, first + n_out) into out. */
 static void run_rows(lora_decoder *d, const int32_t *tokens, int R, float *out, int first,
                      int n_out) {
-#ifdef _OPENMP
-    /*
-     * Hack, honestly labelled: the kernels open an OpenMP team for every loop, whatever its
-     * size. For a forward this small (one token of a tiny model) the team start-ups and
-     * barriers cost far more than the arithmetic, and on a busy machine a barrier can wait a
-     * whole scheduler slice. So the calling thread's team size is set to 1 for the duration
-     * and restored after. Results do not depend on the thread count.
-     */
-    const lora_config *c      = &d->m->cfg;
-    long               C      = c->n_embd, F = c->n_inner;
-    long               macs   = (long)R * c->n_layer * (4 * C * C + 2 * C * F) +
-                                (long)n_out * C * c->vocab_size;
-    int                saved  = omp_get_max_threads();
-    int                serial = macs < FORWARD_PARALLEL_MIN && saved > 1;
-    if (serial) omp_set_num_threads(1);
-#endif
     forward_rows(d, tokens, R);
     head_rows(d, out, first, n_out);
-#ifdef _OPENMP
-    if (serial) omp_set_num_threads(saved);
-#endif
 }
 
 /* Checks ids and re-reserves adapters attached since the last forward. */

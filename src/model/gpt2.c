@@ -15,6 +15,7 @@
 #include "core/kernels.h"
 #include "io/fileutil.h"
 #include "io/hf_config.h"
+#include "peft/peft.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -179,6 +180,9 @@ static void init_sites(lora_model *m) {
 
 lora_status lora_model_load(const char *dir, lora_model **out, lora_error *err) {
     if (!dir || !out) return lora_errorf(err, LORA_ERR_ARG, "lora_model_load: NULL argument");
+    size_t dir_len = strlen(dir); /* a GGUF file rather than a directory: gguf_model.c */
+    if (dir_len > 5 && !strcmp(dir + dir_len - 5, ".gguf"))
+        return lora_model_load_gguf(dir, out, err);
     *out = NULL;
     lora_model *m = calloc(1, sizeof *m);
     if (!m) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
@@ -216,6 +220,7 @@ void lora_model_free(lora_model *m) {
             linear_free_adapters(&m->layers[l].mlp_proj);
         }
     }
+    if (m->method && m->method->free) m->method->free(m);
     tparams_free(&m->tp);
     free(m->act_mem);
     free(m->la);
@@ -438,6 +443,10 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
             double sum = 0;
             for (int i = 0; i < N; i++) sum += m->losses[i];
             *loss = m->n_counted ? (float)(sum / m->n_counted) : 0.0f;
+            /* a method's penalty (AdaLoRA) is part of the training loss only: validation
+             * losses stay the plain cross-entropy, comparable across methods */
+            if (m->ctx.training && m->method && m->method->regularizer)
+                *loss += m->method->regularizer(m, 0);
         }
     } else if (loss) {
         *loss = 0.0f;
@@ -460,6 +469,7 @@ lora_status lora_model_backward(lora_model *m, lora_error *err) {
     size_t NC = (size_t)N * C, NF = (size_t)N * F;
     m->have_targets = 0;
     m->logits_valid = 0; /* the logits buffer becomes dlogits */
+    if (m->ctx.training && m->method && m->method->regularizer) m->method->regularizer(m, 1);
     if (m->n_counted == 0) return LORA_OK; /* mean over nothing: zero gradient */
 
     float *dlogits = m->logits;

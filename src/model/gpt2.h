@@ -53,6 +53,8 @@ struct lora_model {
     gpt2_layer  *layers;  /* (L) */
 
     /* PEFT state */
+    const struct peft_method *method;       /* the attached method's table, or NULL */
+    void                     *method_state; /* owned by the method (AdaLoRA's allocator) */
     int                 attached;
     lora_adapter_params peft;
     tparams             tp;

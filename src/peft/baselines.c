@@ -83,5 +83,5 @@ static lora_status bitfit_plan(lora_model *m, const lora_adapter_params *p,
     return add_base(m, "ln_f.bias", 1, m->cfg.n_embd, 0, &m->ln_f_b, &m->dln_f_b, err);
 }
 
-const peft_method peft_method_full   = {"full", full_plan, full_init};
-const peft_method peft_method_bitfit = {"bitfit", bitfit_plan, NULL};
+const peft_method peft_method_full   = {.name = "full", .plan = full_plan, .init = full_init};
+const peft_method peft_method_bitfit = {.name = "bitfit", .plan = bitfit_plan};

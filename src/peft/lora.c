@@ -235,7 +235,7 @@ static lora_status lora_init_params(lora_model *m, const lora_adapter_params *p,
     return LORA_OK;
 }
 
-const peft_method peft_method_lora = {"lora", lora_plan, lora_init_params};
+const peft_method peft_method_lora = {.name = "lora", .plan = lora_plan, .init = lora_init_params};
 
 int32_t lora_sites_list(const lora_model *m, lora_site_view *out, int32_t cap) {
     static const uint32_t site_bits[4] = {LORA_TARGET_C_ATTN, LORA_TARGET_ATTN_PROJ,

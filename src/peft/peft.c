@@ -23,6 +23,11 @@ lora_adapter_params lora_adapter_params_default(void) {
     p.use_rslora = 0;
     p.init       = LORA_INIT_KAIMING;
     p.seed       = 42;
+    p.adalora.target_r = 8;
+    p.adalora.delta_t  = 1;
+    p.adalora.beta1    = 0.85f;
+    p.adalora.beta2    = 0.85f;
+    p.adalora.orth_reg = 0.5f;
     return p;
 }
 
@@ -75,6 +80,7 @@ static const peft_method *method_table(lora_method m) {
     case LORA_METHOD_LORA: return &peft_method_lora;
     case LORA_METHOD_FULL: return &peft_method_full;
     case LORA_METHOD_BITFIT: return &peft_method_bitfit;
+    case LORA_METHOD_ADALORA: return NULL; /* until adalora.c provides its table */
     }
     return NULL;
 }
@@ -95,6 +101,7 @@ lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
     if (pm->init && (st = pm->init(m, p, err)) != LORA_OK) goto fail;
     if ((st = gpt2_replan(m, err)) != LORA_OK) goto fail;
     m->peft     = *p;
+    m->method   = pm;
     m->ctx.seed = p->seed;
     m->attached = 1;
     return LORA_OK;

@@ -12,6 +12,8 @@
 #include "lora.h"
 #include "model/gpt2.h"
 
+struct peft_state_view;
+
 /* One adapter to attach: a layer, one LORA_TARGET_* bit, a rank and the output scale. */
 typedef struct lora_site_spec {
     int32_t  layer;
@@ -28,11 +30,33 @@ typedef struct peft_method {
                         const lora_site_spec *specs, int32_t n_specs, lora_error *err);
     /* Initialises parameters after the registry is allocated and bound (may be NULL). */
     lora_status (*init)(lora_model *m, const lora_adapter_params *p, lora_error *err);
+    /* A penalty added to the training loss (AdaLoRA's orthogonality regulariser): returns its
+     * weighted value, and with grad != 0 also accumulates its gradient into the registry's
+     * gradients. Called by forward (grad 0, when targets are given) and backward (grad 1).
+     * NULL: none. */
+    float (*regularizer)(lora_model *m, int grad);
+    /* Runs after every optimizer step, with the 0-based index of the step just taken
+     * (AdaLoRA's rank allocator). NULL: nothing. */
+    lora_status (*after_step)(lora_model *m, int64_t step, lora_error *err);
+    /* Named float arrays beyond the trainable tensors that a checkpoint must hold for an
+     * exact resume (AdaLoRA's sensitivity EMAs and masks): fills up to cap views and returns
+     * the count. The data pointers are live: a checkpoint reads them, a resume writes them.
+     * NULL: none. */
+    int32_t (*state)(lora_model *m, struct peft_state_view *out, int32_t cap);
+    /* Frees the method's model-level state (m->method_state). NULL: nothing to free. */
+    void (*free)(lora_model *m);
 } peft_method;
+
+typedef struct peft_state_view {
+    const char *name; /* unique within the method, valid while the model lives */
+    float      *data;
+    int64_t     numel;
+} peft_state_view;
 
 extern const peft_method peft_method_lora;
 extern const peft_method peft_method_full;
 extern const peft_method peft_method_bitfit;
+extern const peft_method peft_method_adalora;
 
 /* The site-level operations of a LoRA adapter (also used by tests). */
 extern const adapter_ops lora_adapter_ops;

@@ -350,6 +350,18 @@ const char *lora_tokenizer_id_to_token(const lora_tokenizer *tok, int32_t id) {
     return tok_strmap_key(&tok->vocab, &tok->vocab.ents[tok->form_ent[id]]);
 }
 
+int32_t lora_tokenizer_n_merges(const lora_tokenizer *tok) {
+    return tok->n_merges;
+}
+
+lora_status lora_tokenizer_merge(const lora_tokenizer *tok, int32_t i, int32_t *left,
+                                 int32_t *right) {
+    if (i < 0 || i >= tok->n_merges) return LORA_ERR_ARG;
+    *left  = tok->merge_left[i];
+    *right = tok->merge_right[i];
+    return LORA_OK;
+}
+
 const char *lora_tokenizer_id_to_bytes(const lora_tokenizer *tok, int32_t id, size_t *len) {
     if (id < 0 || id >= tok->n_vocab || tok->form_ent[id] < 0) return NULL;
     *len = tok->dec_len[id];

@@ -108,6 +108,14 @@ const char *lora_tokenizer_id_to_token(const lora_tokenizer *tok, int32_t id);
  * token. Borrowed: valid while the tokenizer lives. */
 const char *lora_tokenizer_id_to_bytes(const lora_tokenizer *tok, int32_t id, size_t *len);
 
+/* Number of BPE merges, in rank order. */
+int32_t lora_tokenizer_n_merges(const lora_tokenizer *tok);
+
+/* Merge i (0-based rank) as the ids of its left and right tokens (spelled by
+ * lora_tokenizer_id_to_token). LORA_ERR_ARG when i is out of range. */
+lora_status lora_tokenizer_merge(const lora_tokenizer *tok, int32_t i, int32_t *left,
+                                 int32_t *right);
+
 /* ---- learning a tokenizer (byte-level BPE) ---- */
 
 typedef struct lora_bpe_trainer lora_bpe_trainer;

@@ -5,6 +5,7 @@
  */
 #include "core/error.h"
 #include "model/gpt2.h"
+#include "peft/peft.h"
 
 #include <math.h>
 #include <string.h>
@@ -86,6 +87,7 @@ lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
             w[i] -= step_size * mm[i] / denom;
         }
     }
+    if (m->method && m->method->after_step) return m->method->after_step(m, tp->adam_t - 1, err);
     return LORA_OK;
 }
 

@@ -329,6 +329,17 @@ static lora_status checkpoint_write(run *r, lora_error *err) {
             snprintf(name, sizeof name, "%s%s", kinds[k], t->name);
             st = st_writer_add(w, name, ST_F32, t->ndim, t->shape, spans[k] + t->offset, err);
         }
+    /* the method's own state (AdaLoRA's EMAs and masks) */
+    peft_state_view views[64];
+    int32_t         n_views = r->m->method && r->m->method->state
+                                  ? r->m->method->state(r->m, views, 64)
+                                  : 0;
+    for (int32_t i = 0; i < n_views && i < 64 && st == LORA_OK; i++) {
+        char    name[160];
+        int64_t shape[1] = {views[i].numel};
+        snprintf(name, sizeof name, "peft_state.%s", views[i].name);
+        st = st_writer_add(w, name, ST_F32, 1, shape, views[i].data, err);
+    }
     lora_batcher_state bs;
     lora_batcher_get_state(r->tb, &bs);
     char v[64];
@@ -371,6 +382,20 @@ static lora_status checkpoint_read(run *r, lora_error *err) {
             else
                 st = st_to_f32(spans[k] + t->offset, x, f.path, err);
         }
+    peft_state_view views[64];
+    int32_t         n_views = r->m->method && r->m->method->state
+                                  ? r->m->method->state(r->m, views, 64)
+                                  : 0;
+    for (int32_t i = 0; i < n_views && i < 64 && st == LORA_OK; i++) {
+        char name[160];
+        snprintf(name, sizeof name, "peft_state.%s", views[i].name);
+        const st_tensor *x = st_find(&f, name);
+        if (!x || x->numel != views[i].numel)
+            st = lora_errorf(err, LORA_ERR_FORMAT, "%s: state '%s' missing or resized (hint: the "
+                             "checkpoint belongs to another run)", f.path, name);
+        else
+            st = st_to_f32(views[i].data, x, f.path, err);
+    }
     const char *keys[7] = {"step", "adam_t", "pass", "batch_epoch", "batch_cursor", "batch_seed",
                            "total_steps"};
     uint64_t    vals[7];
@@ -495,6 +520,7 @@ static lora_status setup(run *r, lora_error *err) {
 
     lora_adapter_params ap = p->adapter;
     ap.seed                = p->seed;
+    ap.adalora.total_step  = r->total; /* AdaLoRA's budget schedule spans the whole run */
     if ((st = lora_model_attach(r->m, &ap, err)) != LORA_OK) return st;
     if ((st = lora_model_reserve(r->m, p->batch, r->T, err)) != LORA_OK) return st;
     lora_model_set_training(r->m, 1);

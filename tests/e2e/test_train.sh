@@ -60,6 +60,11 @@ echo "resume: $(grep -c '"loss"' "$work/B.steps") step records identical to the 
 # shellcheck disable=SC2086
 "$lora" train $common --steps 100000 --save-every 1 --eval-every 0 --out "$work/K" 2>/dev/null &
 kpid=$!
+wait_for() { # FILE: up to 120 s, for a loaded machine
+    i=0
+    while [ ! -s "$1" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+}
+wait_for "$work/K/checkpoint.safetensors"
 kills=0
 for delay in 0.7 0.3 0.5 0.9 0.4; do
     sleep "$delay"
@@ -86,7 +91,7 @@ echo "SIGKILL: $kills kills, checkpoint valid every time"
 # shellcheck disable=SC2086
 "$lora" train $common --steps 100000 --save-every 1000 --eval-every 0 --out "$work/I" 2>"$work/int.txt" &
 ipid=$!
-sleep 1.5
+wait_for "$work/I/metrics.jsonl"
 kill -INT "$ipid"; wait "$ipid"; rc=$?
 [ "$rc" -eq 130 ] && ok || bad "SIGINT: exit $rc, want 130"
 "$stcheck" "$work/I/checkpoint.safetensors" && ok || bad "SIGINT: no valid checkpoint"

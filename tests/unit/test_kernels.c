@@ -383,7 +383,7 @@ static void test_activation(const char *name, act_fwd fwd, act_fwd fwd_ref, act_
     bwd_ref(g, inp, dout, n);
     struct act_ctx ctx = {fwd_ref, out_r, inp, dout, n};
     snprintf(what, sizeof what, "%s backward_ref", name);
-    check_fd(what, inp, n, g, act_loss, &ctx, FD_STEP);
+    if (n <= 4096) check_fd(what, inp, n, g, act_loss, &ctx, FD_STEP); /* O(n^2) */
     free(inp), free(dout), free(out), free(out_r), free(d), free(d_r), free(x), free(g);
 }
 
@@ -560,8 +560,13 @@ int main(void) {
     test_layernorm(1, 54, 1);
     test_layernorm(5, 17, 1);
     test_layernorm(37, 768, 0);
+    test_layernorm(64, 768, 0); /* above the size where the loops go parallel */
 
-    int shapes[][3] = {{1, 1, 1}, {13, 9, 17}, {37, 54, 61}, {64, 128, 96}};
+    /* M = 1 and N = 1 are matrix-vector products (sgemv): one row of C, one column (row stride
+     * ldc), both, K = 0 (C = beta C), and one large enough for the BLAS to use threads */
+    int shapes[][3] = {{1, 1, 1},    {13, 9, 17},  {37, 54, 61},  {64, 128, 96},
+                       {1, 77, 300}, {130, 1, 300}, {1, 1, 300},  {1, 50, 0},
+                       {40, 1, 0},   {1, 3000, 900}, {2000, 1, 700}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         for (int ta = 0; ta < 2; ta++) {
             for (int tb = 0; tb < 2; tb++) {
@@ -575,12 +580,19 @@ int main(void) {
     test_matmul(3, 5, 7, 1);
     test_matmul(37, 54, 162, 0);
     test_matmul(64, 768, 96, 0);
+    test_matmul(64, 96, 768, 0);
 
     test_activation("gelu", gelu_forward, gelu_forward_ref, gelu_backward, gelu_backward_ref,
                     1001);
     test_activation("gelu_erf", gelu_erf_forward, gelu_erf_forward_ref, gelu_erf_backward,
                     gelu_erf_backward_ref, 1001);
     test_residual(1001);
+    /* sizes that run in parallel spans, the last one partial */
+    test_activation("gelu", gelu_forward, gelu_forward_ref, gelu_backward, gelu_backward_ref,
+                    100003);
+    test_activation("gelu_erf", gelu_erf_forward, gelu_erf_forward_ref, gelu_erf_backward,
+                    gelu_erf_backward_ref, 100003);
+    test_residual(100003);
 
     test_attention(1, 1, 12, 3, 1);
     test_attention(2, 5, 12, 3, 1);
