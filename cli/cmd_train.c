@@ -43,13 +43,21 @@ static void train_usage(FILE *out) {
         "  --pack                 pack examples into full rows instead of padding\n"
         "  --skip-bad             skip malformed JSONL lines (counted) instead of failing\n"
         "method:\n"
-        "  --method M             lora | full | bitfit (default lora)\n"
+        "  --method M             lora | adalora | full | bitfit (default lora)\n"
         "  --r N                  LoRA rank (default 8)\n"
         "  --alpha A              LoRA alpha; scale = alpha / r (default 16)\n"
         "  --dropout P            LoRA dropout (default 0.1)\n"
         "  --targets LIST         q,k,v,c_attn,c_proj,c_fc,mlp.c_proj or all (default q,v)\n"
         "  --rslora               scale = alpha / sqrt(r)\n"
         "  --init I               kaiming | gaussian initialisation of A (default kaiming)\n"
+        "adalora (--alpha, --dropout, --targets apply too; scale = alpha / (init_r + 1e-5)):\n"
+        "  --init-r N             initial rank of every site (default 12)\n"
+        "  --target-r N           average final rank per site (default 8)\n"
+        "  --tinit N              steps before pruning starts (default 0)\n"
+        "  --tfinal N             last steps with the final, frozen mask (default 0)\n"
+        "  --delta-t N            steps between budget reallocations (default 1)\n"
+        "  --beta1 B, --beta2 B   EMAs of the sensitivity and its uncertainty (default 0.85)\n"
+        "  --orth-reg G           weight of the orthogonality penalty (default 0.5)\n"
         "optimisation:\n"
         "  --lr LR                peak learning rate (default 2e-4)\n"
         "  --schedule S           linear | cosine | constant (default linear)\n"
@@ -159,7 +167,8 @@ enum {
     O_MODEL = 256, O_TOKENIZER, O_DATA, O_VAL, O_VAL_SPLIT, O_SEQ_LEN, O_PACK, O_SKIP_BAD,
     O_METHOD, O_R, O_ALPHA, O_DROPOUT, O_TARGETS, O_RSLORA, O_INIT, O_LR, O_SCHEDULE, O_WARMUP,
     O_STEPS, O_EPOCHS, O_BATCH, O_GRAD_ACCUM, O_WD, O_CLIP, O_LS, O_SEED, O_OUT, O_EVAL_EVERY,
-    O_EVAL_BATCHES, O_SAVE_EVERY, O_LOG_EVERY, O_THREADS, O_RESUME, O_QUIET, O_STOP_AFTER
+    O_EVAL_BATCHES, O_SAVE_EVERY, O_LOG_EVERY, O_THREADS, O_RESUME, O_QUIET, O_STOP_AFTER,
+    O_INIT_R, O_TARGET_R, O_TINIT, O_TFINAL, O_DELTA_T, O_ADA_BETA1, O_ADA_BETA2, O_ORTH_REG
 };
 
 int cmd_train(int argc, char **argv) {
@@ -183,6 +192,10 @@ int cmd_train(int argc, char **argv) {
         {"log-every", required_argument, 0, O_LOG_EVERY}, {"threads", required_argument, 0, O_THREADS},
         {"resume", required_argument, 0, O_RESUME},     {"quiet", no_argument, 0, O_QUIET},
         {"stop-after", required_argument, 0, O_STOP_AFTER},
+        {"init-r", required_argument, 0, O_INIT_R},     {"target-r", required_argument, 0, O_TARGET_R},
+        {"tinit", required_argument, 0, O_TINIT},       {"tfinal", required_argument, 0, O_TFINAL},
+        {"delta-t", required_argument, 0, O_DELTA_T},   {"beta1", required_argument, 0, O_ADA_BETA1},
+        {"beta2", required_argument, 0, O_ADA_BETA2},   {"orth-reg", required_argument, 0, O_ORTH_REG},
         {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
     lora_train_params p = lora_train_params_default();
     lora_error        err;
@@ -190,6 +203,7 @@ int cmd_train(int argc, char **argv) {
     int64_t           iv, threads = 0;
     double            fv;
     int               c, n_run_opts = 0, have_steps = 0, have_epochs = 0, lora_opt = 0;
+    int               ada_opt = 0, have_init_r = 0, shared_opt = 0;
     p.log_every = 10;
     optind      = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -218,8 +232,10 @@ int cmd_train(int argc, char **argv) {
             if (!strcmp(optarg, "lora")) p.adapter.method = LORA_METHOD_LORA;
             else if (!strcmp(optarg, "full")) p.adapter.method = LORA_METHOD_FULL;
             else if (!strcmp(optarg, "bitfit")) p.adapter.method = LORA_METHOD_BITFIT;
+            else if (!strcmp(optarg, "adalora")) p.adapter.method = LORA_METHOD_ADALORA;
             else {
-                cli_error("train", "--method must be lora, full or bitfit, got '%s'", optarg);
+                cli_error("train", "--method must be lora, adalora, full or bitfit, got '%s'",
+                          optarg);
                 return 2;
             }
             break;
@@ -227,20 +243,52 @@ int cmd_train(int argc, char **argv) {
             if (parse_i64("--r", optarg, 1, 4096, &iv)) return 2;
             p.adapter.r = (int32_t)iv, lora_opt = 1;
             break;
+        case O_INIT_R:
+            if (parse_i64("--init-r", optarg, 1, 4096, &iv)) return 2;
+            p.adapter.r = (int32_t)iv, ada_opt = 1, have_init_r = 1;
+            break;
+        case O_TARGET_R:
+            if (parse_i64("--target-r", optarg, 0, 4096, &iv)) return 2;
+            p.adapter.adalora.target_r = (int32_t)iv, ada_opt = 1;
+            break;
+        case O_TINIT:
+            if (parse_i64("--tinit", optarg, 0, INT64_MAX / 4, &iv)) return 2;
+            p.adapter.adalora.tinit = iv, ada_opt = 1;
+            break;
+        case O_TFINAL:
+            if (parse_i64("--tfinal", optarg, 0, INT64_MAX / 4, &iv)) return 2;
+            p.adapter.adalora.tfinal = iv, ada_opt = 1;
+            break;
+        case O_DELTA_T:
+            if (parse_i64("--delta-t", optarg, 1, INT64_MAX / 4, &iv)) return 2;
+            p.adapter.adalora.delta_t = iv, ada_opt = 1;
+            break;
+        case O_ADA_BETA1:
+        case O_ADA_BETA2:
+            if (parse_f(c == O_ADA_BETA1 ? "--beta1" : "--beta2", optarg, 1e-6, 1 - 1e-6, &fv))
+                return 2;
+            if (c == O_ADA_BETA1) p.adapter.adalora.beta1 = (float)fv;
+            else p.adapter.adalora.beta2 = (float)fv;
+            ada_opt = 1;
+            break;
+        case O_ORTH_REG:
+            if (parse_f("--orth-reg", optarg, 0, 1e6, &fv)) return 2;
+            p.adapter.adalora.orth_reg = (float)fv, ada_opt = 1;
+            break;
         case O_ALPHA:
             if (parse_f("--alpha", optarg, 1e-6, 1e6, &fv)) return 2;
-            p.adapter.alpha = (float)fv, lora_opt = 1;
+            p.adapter.alpha = (float)fv, shared_opt = 1;
             break;
         case O_DROPOUT:
             if (parse_f("--dropout", optarg, 0, 0.99, &fv)) return 2;
-            p.adapter.dropout = (float)fv, lora_opt = 1;
+            p.adapter.dropout = (float)fv, shared_opt = 1;
             break;
         case O_TARGETS:
             if (lora_targets_parse(optarg, &p.adapter.targets, &err) != LORA_OK) {
                 cli_error("train", "--targets: %s", err.msg);
                 return 2;
             }
-            lora_opt = 1;
+            shared_opt = 1;
             break;
         case O_INIT:
             if (!strcmp(optarg, "kaiming")) p.adapter.init = LORA_INIT_KAIMING;
@@ -348,11 +396,31 @@ int cmd_train(int argc, char **argv) {
         cli_error("train", "--steps and --epochs are exclusive");
         return 2;
     }
-    if (lora_opt && p.adapter.method != LORA_METHOD_LORA) {
+    int adapter_method = p.adapter.method == LORA_METHOD_LORA ||
+                         p.adapter.method == LORA_METHOD_ADALORA;
+    if ((lora_opt || shared_opt) && !adapter_method) {
         cli_error("train", "LoRA options (--r, --alpha, --dropout, --targets, --rslora, --init) "
                            "do not apply to --method %s",
                   p.adapter.method == LORA_METHOD_FULL ? "full" : "bitfit");
         return 2;
+    }
+    if (ada_opt && p.adapter.method != LORA_METHOD_ADALORA) {
+        cli_error("train", "AdaLoRA options (--init-r, --target-r, --tinit, --tfinal, --delta-t, "
+                           "--beta1, --beta2, --orth-reg) need --method adalora");
+        return 2;
+    }
+    if (p.adapter.method == LORA_METHOD_ADALORA) {
+        if (lora_opt) {
+            cli_error("train", "--r, --rslora and --init are LoRA's; AdaLoRA's initial rank is "
+                               "--init-r (its P and Q start as N(0, 0.02))");
+            return 2;
+        }
+        if (!have_init_r) p.adapter.r = 12; /* PEFT's init_r */
+        if (p.adapter.adalora.target_r > p.adapter.r) {
+            cli_error("train", "--target-r %d exceeds --init-r %d", (int)p.adapter.adalora.target_r,
+                      (int)p.adapter.r);
+            return 2;
+        }
     }
     if (p.val_path && p.val_split > 0) {
         cli_error("train", "--val and --val-split are exclusive");

@@ -8,6 +8,7 @@
 #include <string.h>
 
 static const cli_command commands[] = {
+    {"demo", cmd_demo, "fine-tune the embedded model on a data-to-text task and report"},
     {"train", cmd_train, "fine-tune a model (LoRA, full, BitFit) on a JSONL dataset"},
     {"init", cmd_init, "write a randomly initialised GPT-2 to pretrain from scratch"},
     {"convert", cmd_convert, "re-save a model directory as F32, F16 or BF16"},

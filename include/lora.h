@@ -491,6 +491,89 @@ void lora_decoder_reset(lora_decoder *d, int32_t seq);
  */
 lora_status lora_decoder_copy_seq(lora_decoder *d, int32_t dst, int32_t src, lora_error *err);
 
+/*
+ * Beam search, with the semantics of Hugging Face's generate(num_beams=K, length_penalty=lp,
+ * no_repeat_ngram_size=n, early_stopping=...):
+ *  - every running beam scores each next token by the sum of the log-softmax of the logits
+ *    along its sequence (in double); the 2K best candidates of all beams, in the order below,
+ *    are walked: one ending the hypothesis (eos, or a stop id) becomes a finished hypothesis if
+ *    it ranks among the first K, any other continues as a running beam, until K run;
+ *  - a finished hypothesis scores sum_logprobs / length^lp, where length is the number of
+ *    GENERATED tokens including the token that ended it (eos or a stop id); a hypothesis still
+ *    running at max_new has length max_new. The best K finished are kept (a new one enters
+ *    only with a strictly higher score than the worst kept; among equal worst scores the
+ *    earliest finished is dropped);
+ *  - no_repeat_ngram = n > 0 bans a token that would complete an n-gram already present in
+ *    the beam's sequence, prompt included (HF's NoRepeatNGramLogitsProcessor), after the
+ *    log-softmax (the banned tokens' mass stays in the normaliser, as in HF);
+ *  - ties: candidates rank by score, then lower token id, then the better-ranked parent beam;
+ *    among equal final scores the earliest finished hypothesis wins;
+ *  - n_beams = 1 is greedy decoding (HF's num_beams=1): the best token each step, ending at the
+ *    first eos or stop id; it gives exactly lora_argmax's tokens when no n-gram is banned.
+ * Where HF would keep a beam of score -inf (every continuation banned or NaN), it is dropped.
+ */
+typedef enum lora_beam_stop {
+    LORA_BEAM_STOP_EXACT     = 0, /* HF "never": stop once K are finished and no running beam
+                                     can still beat the worst (lp > 0: its sum over max_new^lp;
+                                     lp <= 0: over (generated + 1)^lp). The default. */
+    LORA_BEAM_STOP_HEURISTIC = 1, /* HF False: ... and the step's best candidate sum over
+                                     generated^lp does not beat the worst */
+    LORA_BEAM_STOP_FIRST_K   = 2  /* HF True: as soon as K hypotheses are finished */
+} lora_beam_stop;
+
+typedef struct lora_beam_params {
+    int32_t        n_beams;         /* K >= 1 */
+    int32_t        max_new;         /* tokens generated at most, >= 0 */
+    float          length_penalty;  /* lp, finite; > 0 favours longer hypotheses */
+    int32_t        no_repeat_ngram; /* n >= 1 bans repeated n-grams; 0 = off */
+    lora_beam_stop early_stopping;
+    int32_t        eos;             /* ends a hypothesis and is not part of its tokens; < 0: none */
+    const int32_t *stop_ids;        /* borrowed, n_stop_ids ids that also end a hypothesis, */
+    int32_t        n_stop_ids;      /* ... and ARE its last token (e.g. tokens holding "\n") */
+} lora_beam_params;
+
+/* Defaults: 4 beams, max_new 64, length_penalty 1, no n-gram ban, LORA_BEAM_STOP_EXACT,
+ * eos -1 (set it: usually the tokenizer's <|endoftext|>), no stop ids. */
+lora_beam_params lora_beam_params_default(void);
+
+/* What one search returns besides its tokens. */
+typedef struct lora_beam_result {
+    int32_t n_tokens;     /* tokens written to out (an ending eos not included) */
+    int32_t finished;     /* 1: ended by eos or a stop id; 0: ran to max_new (or max_len) */
+    int32_t length;       /* the length in the score (n_tokens, + 1 when eos ended it) */
+    int32_t n_steps;      /* forward steps this search ran after its prefill */
+    double  sum_logprobs; /* Σ log p of the generated tokens, the ending one included */
+    double  score;        /* sum_logprobs / length^lp; 0 when max_new is 0; -inf when every
+                             continuation was banned from the first step (n_tokens 0) */
+} lora_beam_result;
+
+/*
+ * Beam search after the prompt prompt (n_prompt >= 1 tokens): the best hypothesis's tokens go
+ * to out (room for p->max_new), the rest to *res. The decoder needs n_seq >= n_beams; the
+ * prompt is fed once into sequence 0 and its cache copied to the other beams, then every step
+ * advances all running beams in one forward, reordering caches by copying only positions past
+ * the prompt. Generation also ends when sequences would exceed the decoder's max_len: room for
+ * n_prompt + max_new - 1 tokens lets it run to max_new. Scratch is allocated once per call,
+ * nothing per step. On success sequences [0, n_beams) are left empty and the others untouched;
+ * on failure the decoder is unchanged. LORA_ERR_ARG for invalid parameters, ids outside the
+ * vocabulary, too few sequences or a prompt longer than max_len; LORA_ERR_NOMEM.
+ */
+lora_status lora_beam_search(lora_decoder *d, const int32_t *prompt, int32_t n_prompt,
+                             const lora_beam_params *p, int32_t *out, lora_beam_result *res,
+                             lora_error *err);
+
+/*
+ * lora_beam_search for n_prompts independent prompts at once (prompts[i], n_prompt[i]), whose
+ * running beams share each forward (more rows per matrix product: faster per token than one
+ * prompt at a time). Prompt i uses sequences [i K, (i + 1) K), so n_seq >= n_prompts K; its
+ * tokens go to out[i] (room for p->max_new) and res[i]. Each prompt's result equals what
+ * lora_beam_search gives for it alone (to rounding of the batched products).
+ */
+lora_status lora_beam_search_batch(lora_decoder *d, int32_t n_prompts,
+                                   const int32_t *const *prompts, const int32_t *n_prompt,
+                                   const lora_beam_params *p, int32_t *const *out,
+                                   lora_beam_result *res, lora_error *err);
+
 /* ---- sampling ---- */
 
 /*

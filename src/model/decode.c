@@ -7,7 +7,9 @@
  * new tokens of one sequence (lora_decoder_feed), or one token of every sequence
  * (lora_decoder_step_all). Rows go through the same linear sites as training, so adapters
  * attached to the model are applied (with training off: no dropout). Only the rows whose
- * logits are wanted go through ln_f and the LM head. The sampler turns logits into a token.
+ * logits are wanted go through ln_f and the LM head. The sampler turns logits into a token;
+ * beam search (Hugging Face's semantics) runs the beams of one or several prompts as the rows
+ * of each forward, reordering caches by copying positions past the shared prompt.
  * What it is not: a paged or shared-prefix cache, speculative decoding, or a second model
  * implementation — it uses the model's weights, sites and kernels.
  *
@@ -410,6 +412,23 @@ void lora_decoder_reset(lora_decoder *d, int32_t seq) {
         d->len[seq] = 0;
 }
 
+/* Copies positions [from, length of src) of src's keys and values to dst and gives dst src's
+ * length; dst's positions below from must already equal src's (a shared prompt). */
+static void copy_positions(lora_decoder *d, int32_t dst, int32_t src, int32_t from) {
+    const lora_config *c = &d->m->cfg;
+    size_t             C = (size_t)c->n_embd, P = (size_t)d->max_len;
+    size_t             at = (size_t)from * C;
+    size_t             n  = d->len[src] > from ? (size_t)(d->len[src] - from) * C : 0;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        size_t layer = (size_t)l * d->n_seq * P * C;
+        memcpy(d->k_cache + layer + dst * P * C + at, d->k_cache + layer + src * P * C + at,
+               n * sizeof(float));
+        memcpy(d->v_cache + layer + dst * P * C + at, d->v_cache + layer + src * P * C + at,
+               n * sizeof(float));
+    }
+    d->len[dst] = d->len[src];
+}
+
 lora_status lora_decoder_copy_seq(lora_decoder *d, int32_t dst, int32_t src, lora_error *err) {
     if (!d) return lora_errorf(err, LORA_ERR_ARG, "decoder copy: NULL decoder");
     if (dst < 0 || dst >= d->n_seq || src < 0 || src >= d->n_seq)
@@ -417,17 +436,518 @@ lora_status lora_decoder_copy_seq(lora_decoder *d, int32_t dst, int32_t src, lor
                            "decoder copy: sequences %d <- %d must both be in [0, %d)", (int)dst,
                            (int)src, (int)d->n_seq);
     if (dst == src) return LORA_OK;
-    const lora_config *c = &d->m->cfg;
-    size_t C = (size_t)c->n_embd, P = (size_t)d->max_len, V = (size_t)c->vocab_size;
-    size_t n = (size_t)d->len[src] * C * sizeof(float);
-    for (int32_t l = 0; l < c->n_layer; l++) {
-        size_t layer = (size_t)l * d->n_seq * P * C;
-        memcpy(d->k_cache + layer + dst * P * C, d->k_cache + layer + src * P * C, n);
-        memcpy(d->v_cache + layer + dst * P * C, d->v_cache + layer + src * P * C, n);
-    }
+    size_t V = (size_t)d->m->cfg.vocab_size;
+    copy_positions(d, dst, src, 0);
     memcpy(d->logits + dst * V, d->logits + src * V, V * sizeof(float));
-    d->len[dst] = d->len[src];
     return LORA_OK;
+}
+
+/* ---- beam search ---- */
+
+/*
+ * Advances sequences seqs[0..n) (distinct, none full) by tokens[0..n) (valid ids) in one
+ * forward. The logits of row r go to ROW r of d->logits, not to its sequence's row: the beam
+ * search reads them by row and empties its sequences before it returns.
+ */
+static void step_rows(lora_decoder *d, const int32_t *seqs, const int32_t *tokens, int n) {
+    for (int r = 0; r < n; r++) {
+        d->row_seq[r] = seqs[r];
+        d->row_pos[r] = d->len[seqs[r]];
+    }
+    run_rows(d, tokens, n, d->logits, 0, n);
+    for (int r = 0; r < n; r++) d->len[seqs[r]]++;
+}
+
+lora_beam_params lora_beam_params_default(void) {
+    lora_beam_params p;
+    memset(&p, 0, sizeof p);
+    p.n_beams         = 4;
+    p.max_new         = 64;
+    p.length_penalty  = 1.0f;
+    p.no_repeat_ngram = 0;
+    p.early_stopping  = LORA_BEAM_STOP_EXACT;
+    p.eos             = -1;
+    return p;
+}
+
+/* A candidate continuation: running beam `parent` extended by `tok`. */
+typedef struct beam_cand {
+    double  s;      /* the beam's sum of log-probabilities with tok */
+    float   z;      /* tok's logit (a cheap first filter) */
+    int32_t tok;
+    int32_t parent; /* rank of the running beam it extends */
+} beam_cand;
+
+/* A finished hypothesis. */
+typedef struct beam_hyp {
+    double   score, sum;
+    int64_t  order;    /* when it finished: among equal scores, earlier wins */
+    int32_t  n;        /* tokens in toks */
+    int32_t  length;   /* the length in the score */
+    int32_t  finished; /* ended by eos or a stop id */
+    int32_t *toks;     /* (M) */
+} beam_hyp;
+
+/* One prompt's search: K = beams, M = its max_new. Running beams are ranked (0 = best); the
+ * sequence holding beam j's cache is slot[j], one of [first, first + K). */
+typedef struct beam_group {
+    const int32_t *prompt;
+    int32_t        n_prompt, max_new, first;
+    int32_t        n_run;      /* running beams */
+    int32_t        row;        /* beam j's logits are row `row + j` of the decoder's logits */
+    int32_t        done, n_hyp, n_steps;
+    int32_t       *slot, *slot_next; /* (K) */
+    int32_t       *tok_next, *parent_next; /* (K) the beams chosen by the last selection */
+    int32_t       *claimed;    /* (K) scratch of the reordering */
+    double        *sum, *sum_next; /* (K) */
+    int32_t       *hist, *hist_next; /* (K, M) the generated tokens of each running beam */
+    beam_cand     *cand;       /* (K, 2K) */
+    beam_hyp      *hyp;        /* (K) */
+} beam_group;
+
+/* mark bits: a token banned for the beam at hand, a token that ends a hypothesis */
+#define MARK_BANNED 1
+#define MARK_END    2
+
+/* Everything one search needs, allocated at its start. */
+typedef struct beam_run {
+    const lora_beam_params *p;
+    int32_t                 K, V, G;
+    int64_t                 n_finished; /* hypotheses finished so far, for their order */
+    beam_group             *g;          /* (G) */
+    unsigned char          *mark;       /* (V) MARK_END bits for the search, MARK_BANNED per use */
+    int32_t                *end_ids;    /* eos and the stop ids, each once */
+    int32_t                 n_end;
+    int32_t                *seqs, *toks; /* (G K) one step's rows */
+    void                   *blocks[6];
+} beam_run;
+
+static void beam_run_free(beam_run *b) {
+    for (int i = 0; i < 6; i++) free(b->blocks[i]);
+}
+
+/* Allocates and lays out the scratch for G prompts of up to M new tokens; 0 on success, -1 on
+ * failure (beam_run_free releases whatever was allocated). */
+static int beam_run_alloc(beam_run *b, int32_t G, int32_t K, int32_t M, int32_t V) {
+    size_t g = (size_t)G, k = (size_t)K, m = (size_t)(M > 0 ? M : 1), km;
+    /* ints per group: slot, slot_next, tok_next, parent_next, claimed; hist x 2; hyp tokens */
+    size_t n_int, n_dbl = g * 2 * k, n_cand, n_hyp = g * k;
+    if (!lora_mul_ok(k, m, &km) || !lora_mul_ok(g, 5 * k + 3 * km, &n_int) ||
+        !lora_mul_ok(g * k, 2 * k, &n_cand) || n_int > SIZE_MAX / 2)
+        return -1;
+    b->blocks[0] = calloc(g, sizeof(beam_group));
+    b->blocks[1] = calloc(n_dbl, sizeof(double));
+    b->blocks[2] = calloc(n_cand, sizeof(beam_cand));
+    b->blocks[3] = calloc(n_hyp, sizeof(beam_hyp));
+    b->blocks[4] = calloc(n_int + 2 * g * k, sizeof(int32_t));
+    b->blocks[5] = calloc((size_t)V + sizeof(int32_t) * (1 + (size_t)b->p->n_stop_ids), 1);
+    if (!b->blocks[0] || !b->blocks[1] || !b->blocks[2] || !b->blocks[3] || !b->blocks[4] ||
+        !b->blocks[5])
+        return -1;
+    b->g          = b->blocks[0];
+    b->end_ids    = b->blocks[5];
+    b->mark       = (unsigned char *)(b->end_ids + 1 + b->p->n_stop_ids);
+    double    *dp = b->blocks[1];
+    beam_cand *cp = b->blocks[2];
+    beam_hyp  *hp = b->blocks[3];
+    int32_t   *ip = b->blocks[4];
+    for (size_t i = 0; i < g; i++) {
+        beam_group *gr = &b->g[i];
+        gr->sum = dp, dp += k;
+        gr->sum_next = dp, dp += k;
+        gr->cand = cp, cp += 2 * k * k;
+        gr->hyp = hp, hp += k;
+        gr->slot = ip, ip += k;
+        gr->slot_next = ip, ip += k;
+        gr->tok_next = ip, ip += k;
+        gr->parent_next = ip, ip += k;
+        gr->claimed = ip, ip += k;
+        gr->hist = ip, ip += km;
+        gr->hist_next = ip, ip += km;
+        for (size_t j = 0; j < k; j++) gr->hyp[j].toks = ip + j * m;
+        ip += km;
+    }
+    b->seqs = ip, ip += g * k;
+    b->toks = ip;
+    return 0;
+}
+
+/* Token i of running beam j's sequence (the prompt, then its t generated tokens). */
+static inline int32_t beam_token(const beam_group *gr, int32_t M, int32_t j, int32_t i) {
+    return i < gr->n_prompt ? gr->prompt[i] : gr->hist[(size_t)j * M + (i - gr->n_prompt)];
+}
+
+/*
+ * Sets (on) or clears MARK_BANNED on the tokens that would repeat an n-gram of running beam j's
+ * sequence of L tokens: every token that followed an earlier occurrence of its last n - 1
+ * tokens (HF's NoRepeatNGramLogitsProcessor; n = 1 bans every token seen).
+ */
+static void mark_ngram_bans(unsigned char *mark, const beam_group *gr, int32_t M, int32_t j,
+                            int32_t L, int32_t n, int on) {
+    if (n <= 0 || L + 1 < n) return;
+    for (int32_t i = 0; i + n <= L; i++) {
+        int32_t k = 0;
+        while (k < n - 1 && beam_token(gr, M, j, i + k) == beam_token(gr, M, j, L - n + 1 + k))
+            k++;
+        if (k < n - 1) continue;
+        unsigned char *m = &mark[beam_token(gr, M, j, i + n - 1)];
+        *m = on ? (unsigned char)(*m | MARK_BANNED) : (unsigned char)(*m & ~MARK_BANNED);
+    }
+}
+
+/* The candidate order within a beam: higher sum, then lower id. */
+static inline int beam_before(double s, int32_t tok, const beam_cand *c) {
+    return s > c->s || (s == c->s && tok < c->tok);
+}
+
+/* Inserts (s, tok) into the sorted list c of n (capacity cap) entries if it ranks in it. */
+static void cand_insert(beam_cand *c, int32_t *n, int32_t cap, double s, float z, int32_t tok,
+                        int32_t parent) {
+    if (*n == cap && !beam_before(s, tok, &c[cap - 1])) return;
+    int32_t at = *n < cap ? (*n)++ : cap - 1;
+    while (at > 0 && beam_before(s, tok, &c[at - 1])) {
+        c[at] = c[at - 1];
+        at--;
+    }
+    c[at].s      = s;
+    c[at].z      = z;
+    c[at].tok    = tok;
+    c[at].parent = parent;
+}
+
+/*
+ * Fills c with running beam `parent`'s candidates: its K best continuations that do not end a
+ * hypothesis, then its K best that do (eos, stop ids) — all that can matter (see beam_select).
+ * log p = z - logsumexp(z) in double; banned tokens, NaN and -inf are left out. Returns how
+ * many (at most 2K).
+ */
+static int32_t beam_top(beam_cand *c, const beam_run *b, const float *z, double sum,
+                        int32_t parent) {
+    int32_t K = b->K, V = b->V;
+    float   mx = -INFINITY;
+    for (int32_t v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx; /* NaN never compares true */
+    if (!(mx > -INFINITY) || mx == INFINITY) return 0;
+    double se = 0.0;
+    for (int32_t v = 0; v < V; v++) se += expf(z[v] - mx);
+    double lse = (double)mx + log(se);
+    if (!isfinite(lse)) return 0; /* a NaN logit: nothing to rank */
+    int32_t n    = 0;
+    float   zthr = -INFINITY; /* once the list is full, a token must at least tie the last */
+    for (int32_t v = 0; v < V; v++) {
+        if (!(z[v] >= zthr) || b->mark[v]) continue;
+        double s = sum + ((double)z[v] - lse);
+        if (!(s > -INFINITY)) continue;
+        cand_insert(c, &n, K, s, z[v], v, parent);
+        if (n == K) zthr = c[K - 1].z;
+    }
+    int32_t ne = 0;
+    for (int32_t i = 0; i < b->n_end; i++) {
+        int32_t v = b->end_ids[i];
+        double  s = sum + ((double)z[v] - lse);
+        if ((b->mark[v] & MARK_BANNED) || !(s > -INFINITY)) continue;
+        cand_insert(c + n, &ne, K, s, z[v], v, parent);
+    }
+    return n + ne;
+}
+
+/* The candidate order: higher s, then lower id, then the better-ranked parent. */
+static int cand_cmp(const void *pa, const void *pb) {
+    const beam_cand *a = pa, *b = pb;
+    if (a->s != b->s) return a->s > b->s ? -1 : 1;
+    if (a->tok != b->tok) return a->tok < b->tok ? -1 : 1;
+    return (a->parent > b->parent) - (a->parent < b->parent);
+}
+
+/* The kept hypothesis with the lowest score (the earliest finished among equals). */
+static int32_t worst_hyp(const beam_group *gr) {
+    int32_t w = 0;
+    for (int32_t i = 1; i < gr->n_hyp; i++) {
+        const beam_hyp *a = &gr->hyp[i], *b = &gr->hyp[w];
+        if (a->score < b->score || (a->score == b->score && a->order < b->order)) w = i;
+    }
+    return w;
+}
+
+/*
+ * Offers a finished hypothesis: running beam j's t generated tokens, then `last` when >= 0,
+ * of length `length` and log-probability sum. Kept when fewer than K are kept, or when its
+ * score beats the worst kept strictly (which it then replaces).
+ */
+static void add_hyp(beam_run *b, beam_group *gr, int32_t j, int32_t t, int32_t last,
+                    int32_t length, double sum, int32_t finished) {
+    int32_t M     = gr->max_new; /* >= 1 while the group runs */
+    double  score = sum / pow((double)length, (double)b->p->length_penalty);
+    int32_t at;
+    if (gr->n_hyp < b->K) {
+        at = gr->n_hyp++;
+    } else {
+        at = worst_hyp(gr);
+        if (!(score > gr->hyp[at].score)) return;
+    }
+    beam_hyp *h = &gr->hyp[at];
+    memcpy(h->toks, gr->hist + (size_t)j * M, (size_t)t * sizeof(int32_t));
+    h->n = t;
+    if (last >= 0) h->toks[h->n++] = last;
+    h->length   = length;
+    h->sum      = sum;
+    h->score    = score;
+    h->finished = finished;
+    h->order    = b->n_finished++;
+}
+
+/*
+ * One step of one prompt's search, after its running beams' logits are computed: ranks the
+ * candidates, finishes hypotheses, chooses the next beams (tok_next, parent_next, sum_next)
+ * and decides whether the search is done (then adding the running beams at max_new).
+ * t = tokens generated so far by each running beam.
+ *
+ * HF walks the best 2K candidates (more with several end tokens), finishing an ending one
+ * ranked among the first K and keeping the others until K run. Walking the merged per-beam
+ * lists instead is the same: a candidate missing from them has K listed ones of its own beam
+ * above it, so every rank below K is exact and the K best continuing ones are all listed.
+ */
+static void beam_select(beam_run *b, beam_group *gr, const float *logits, int32_t t) {
+    const lora_beam_params *p = b->p;
+    int32_t                 K = b->K, V = b->V, M = gr->max_new;
+    int32_t                 nc = 0;
+    for (int32_t j = 0; j < gr->n_run; j++) {
+        int32_t L = gr->n_prompt + t;
+        mark_ngram_bans(b->mark, gr, M, j, L, p->no_repeat_ngram, 1);
+        nc += beam_top(gr->cand + nc, b, logits + (size_t)(gr->row + j) * V, gr->sum[j], j);
+        mark_ngram_bans(b->mark, gr, M, j, L, p->no_repeat_ngram, 0);
+    }
+    qsort(gr->cand, (size_t)nc, sizeof *gr->cand, cand_cmp);
+    double  best_cand = nc > 0 ? gr->cand[0].s : -INFINITY;
+    int32_t n_new     = 0;
+    for (int32_t r = 0; r < nc && n_new < K; r++) {
+        const beam_cand *c = &gr->cand[r];
+        if (b->mark[c->tok] & MARK_END) {
+            int32_t last = c->tok == p->eos ? -1 : c->tok; /* a stop id is part of the text */
+            if (r < K) add_hyp(b, gr, c->parent, t, last, t + 1, c->s, 1);
+            continue;
+        }
+        gr->tok_next[n_new]    = c->tok;
+        gr->parent_next[n_new] = c->parent;
+        gr->sum_next[n_new]    = c->s;
+        n_new++;
+    }
+
+    int done = 0;
+    if (gr->n_hyp == K) {
+        double worst = gr->hyp[worst_hyp(gr)].score, lp = p->length_penalty;
+        lora_beam_stop mode = K == 1 ? LORA_BEAM_STOP_FIRST_K : p->early_stopping;
+        if (mode == LORA_BEAM_STOP_FIRST_K) {
+            done = 1;
+        } else if (mode == LORA_BEAM_STOP_HEURISTIC) {
+            done = worst >= best_cand / pow((double)(t + 1), lp);
+        } else if (n_new == 0) {
+            done = 1;
+        } else { /* the best a running beam can still reach: its sum only decreases */
+            double len = lp > 0 ? (double)M : (double)(t + 2);
+            done       = worst >= gr->sum_next[0] / pow(len, lp);
+        }
+    }
+    if (!done && (t + 1 >= M || n_new == 0)) {
+        for (int32_t j = 0; j < n_new; j++)
+            add_hyp(b, gr, gr->parent_next[j], t, gr->tok_next[j], t + 1, gr->sum_next[j], 0);
+        done = 1;
+    }
+    if (done) {
+        gr->done  = 1;
+        gr->n_run = 0;
+        return;
+    }
+    gr->n_run = n_new;
+}
+
+/*
+ * Makes the chosen beams the running ones: histories extended, and caches placed. A parent's
+ * sequence stays in place for its first child; further children get a sequence no parent
+ * uses and a copy of the parent's positions past the prompt (the prompt is already in every
+ * sequence of the group).
+ */
+static void beam_commit(lora_decoder *d, beam_group *gr, int32_t K, int32_t t) {
+    int32_t M = gr->max_new;
+    memset(gr->claimed, 0, (size_t)K * sizeof(int32_t));
+    for (int32_t j = 0; j < gr->n_run; j++) {
+        int32_t ps = gr->slot[gr->parent_next[j]] - gr->first;
+        gr->slot_next[j] = gr->claimed[ps] ? -1 : gr->first + ps;
+        gr->claimed[ps]  = 1;
+    }
+    int32_t f = 0;
+    for (int32_t j = 0; j < gr->n_run; j++) {
+        if (gr->slot_next[j] >= 0) continue;
+        while (gr->claimed[f]) f++;
+        gr->claimed[f]   = 1;
+        gr->slot_next[j] = gr->first + f;
+        copy_positions(d, gr->first + f, gr->slot[gr->parent_next[j]], gr->n_prompt);
+    }
+    for (int32_t j = 0; j < gr->n_run; j++) {
+        int32_t *h = gr->hist_next + (size_t)j * M;
+        memcpy(h, gr->hist + (size_t)gr->parent_next[j] * M, (size_t)t * sizeof(int32_t));
+        h[t] = gr->tok_next[j];
+    }
+    int32_t *ti = gr->slot, *th = gr->hist;
+    double  *ts = gr->sum;
+    gr->slot = gr->slot_next, gr->slot_next = ti;
+    gr->hist = gr->hist_next, gr->hist_next = th;
+    gr->sum = gr->sum_next, gr->sum_next = ts;
+}
+
+static lora_status check_beam_params(const lora_decoder *d, int32_t G, const lora_beam_params *p,
+                                     lora_error *err) {
+    int32_t V = d->m->cfg.vocab_size;
+    if (p->n_beams < 1)
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: n_beams=%d must be at least 1",
+                           (int)p->n_beams);
+    if (p->max_new < 0)
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: max_new=%d is negative",
+                           (int)p->max_new);
+    if (!isfinite(p->length_penalty))
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: length_penalty is not finite");
+    if (p->no_repeat_ngram < 0)
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: no_repeat_ngram=%d is negative",
+                           (int)p->no_repeat_ngram);
+    if (p->early_stopping != LORA_BEAM_STOP_EXACT &&
+        p->early_stopping != LORA_BEAM_STOP_HEURISTIC &&
+        p->early_stopping != LORA_BEAM_STOP_FIRST_K)
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: unknown early_stopping %d",
+                           (int)p->early_stopping);
+    if (p->eos >= V)
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "beam search: eos=%d is outside the vocabulary [0, %d)", (int)p->eos,
+                           (int)V);
+    if (p->n_stop_ids < 0 || (p->n_stop_ids > 0 && !p->stop_ids))
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: stop_ids is NULL or n_stop_ids < 0");
+    for (int32_t i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] < 0 || p->stop_ids[i] >= V)
+            return lora_errorf(err, LORA_ERR_ARG,
+                               "beam search: stop id %d is outside the vocabulary [0, %d)",
+                               (int)p->stop_ids[i], (int)V);
+    if (G > d->n_seq / p->n_beams)
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "beam search: %d prompt(s) x %d beams need %lld sequences, the "
+                           "decoder has %d (hint: lora_decoder_init with n_seq >= %lld)",
+                           (int)G, (int)p->n_beams, (long long)G * p->n_beams, (int)d->n_seq,
+                           (long long)G * p->n_beams);
+    return LORA_OK;
+}
+
+lora_status lora_beam_search_batch(lora_decoder *d, int32_t n_prompts,
+                                   const int32_t *const *prompts, const int32_t *n_prompt,
+                                   const lora_beam_params *p, int32_t *const *out,
+                                   lora_beam_result *res, lora_error *err) {
+    if (!d || !p || !prompts || !n_prompt || !out || !res)
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: NULL argument");
+    if (n_prompts < 1)
+        return lora_errorf(err, LORA_ERR_ARG, "beam search: n_prompts=%d must be at least 1",
+                           (int)n_prompts);
+    lora_status st = check_beam_params(d, n_prompts, p, err);
+    if (st != LORA_OK) return st;
+    for (int32_t i = 0; i < n_prompts; i++) {
+        if (n_prompt[i] < 1 || n_prompt[i] > d->max_len)
+            return lora_errorf(err, LORA_ERR_ARG,
+                               "beam search: prompt %d has %d tokens; it needs 1 to max_len=%d "
+                               "(hint: a shorter prompt or a longer decoder)",
+                               (int)i, (int)n_prompt[i], (int)d->max_len);
+        if (!out[i]) return lora_errorf(err, LORA_ERR_ARG, "beam search: out[%d] is NULL", (int)i);
+        if ((st = check_tokens(d, prompts[i], n_prompt[i], "beam search", err)) != LORA_OK)
+            return st;
+    }
+
+    int32_t  K = p->n_beams, G = n_prompts, V = d->m->cfg.vocab_size;
+    beam_run b;
+    memset(&b, 0, sizeof b);
+    b.p = p, b.K = K, b.V = V, b.G = G;
+    if (beam_run_alloc(&b, G, K, p->max_new, V)) {
+        beam_run_free(&b);
+        return lora_errorf(err, LORA_ERR_NOMEM,
+                           "beam search: cannot allocate scratch for %d prompt(s) x %d beams x "
+                           "%d tokens",
+                           (int)G, (int)K, (int)p->max_new);
+    }
+    for (int32_t i = -1; i < p->n_stop_ids; i++) {
+        int32_t v = i < 0 ? p->eos : p->stop_ids[i];
+        if (v < 0 || (b.mark[v] & MARK_END)) continue;
+        b.mark[v] |= MARK_END;
+        b.end_ids[b.n_end++] = v;
+    }
+    for (int32_t s = 0; s < G * K; s++) d->len[s] = 0;
+
+    /* prefill each prompt once into its first sequence, copy it to the others */
+    for (int32_t i = 0; i < G; i++) {
+        beam_group *gr = &b.g[i];
+        int32_t     room = d->max_len - n_prompt[i] + 1; /* the last token is never fed */
+        gr->prompt       = prompts[i];
+        gr->n_prompt     = n_prompt[i];
+        gr->max_new      = p->max_new < room ? p->max_new : room;
+        gr->first        = i * K;
+        if (gr->max_new == 0) {
+            gr->done = 1;
+            continue;
+        }
+        for (int32_t r = 0; r < gr->n_prompt; r++) {
+            d->row_seq[r] = gr->first;
+            d->row_pos[r] = r;
+        }
+        run_rows(d, gr->prompt, gr->n_prompt, d->logits + (size_t)gr->first * V,
+                 gr->n_prompt - 1, 1);
+        d->len[gr->first] = gr->n_prompt;
+        for (int32_t j = 1; j < K; j++) copy_positions(d, gr->first + j, gr->first, 0);
+        gr->n_run   = 1;
+        gr->slot[0] = gr->first;
+        gr->sum[0]  = 0.0;
+        gr->row     = gr->first;
+    }
+
+    for (int32_t t = 0;; t++) {
+        for (int32_t i = 0; i < G; i++)
+            if (!b.g[i].done) beam_select(&b, &b.g[i], d->logits, t);
+        int32_t R = 0;
+        for (int32_t i = 0; i < G; i++) {
+            beam_group *gr = &b.g[i];
+            if (gr->done) continue;
+            beam_commit(d, gr, K, t);
+            gr->row = R;
+            for (int32_t j = 0; j < gr->n_run; j++, R++) {
+                b.seqs[R] = gr->slot[j];
+                b.toks[R] = gr->hist[(size_t)j * gr->max_new + t];
+            }
+            gr->n_steps++;
+        }
+        if (R == 0) break;
+        step_rows(d, b.seqs, b.toks, R);
+    }
+
+    for (int32_t i = 0; i < G; i++) {
+        beam_group       *gr = &b.g[i];
+        lora_beam_result *r  = &res[i];
+        memset(r, 0, sizeof *r);
+        r->n_steps = gr->n_steps;
+        r->score   = p->max_new == 0 ? 0.0 : -INFINITY;
+        if (gr->n_hyp == 0) continue;
+        int32_t best = 0;
+        for (int32_t h = 1; h < gr->n_hyp; h++) {
+            const beam_hyp *a = &gr->hyp[h], *c = &gr->hyp[best];
+            if (a->score > c->score || (a->score == c->score && a->order < c->order)) best = h;
+        }
+        const beam_hyp *h = &gr->hyp[best];
+        memcpy(out[i], h->toks, (size_t)h->n * sizeof(int32_t));
+        r->n_tokens     = h->n;
+        r->finished     = h->finished;
+        r->length       = h->length;
+        r->sum_logprobs = h->sum;
+        r->score        = h->score;
+    }
+    for (int32_t s = 0; s < G * K; s++) d->len[s] = 0;
+    beam_run_free(&b);
+    return LORA_OK;
+}
+
+lora_status lora_beam_search(lora_decoder *d, const int32_t *prompt, int32_t n_prompt,
+                             const lora_beam_params *p, int32_t *out, lora_beam_result *res,
+                             lora_error *err) {
+    return lora_beam_search_batch(d, 1, &prompt, &n_prompt, p, &out, res, err);
 }
 
 /* ---- sampling ---- */

@@ -80,7 +80,7 @@ static const peft_method *method_table(lora_method m) {
     case LORA_METHOD_LORA: return &peft_method_lora;
     case LORA_METHOD_FULL: return &peft_method_full;
     case LORA_METHOD_BITFIT: return &peft_method_bitfit;
-    case LORA_METHOD_ADALORA: return NULL; /* until adalora.c provides its table */
+    case LORA_METHOD_ADALORA: return &peft_method_adalora;
     }
     return NULL;
 }

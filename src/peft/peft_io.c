@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "io/fileutil.h"
 #include "io/safetensors.h"
+#include "peft/adalora.h"
 #include "peft/peft.h"
 
 #include <cjson/cJSON.h>
@@ -65,6 +66,8 @@ typedef struct out_module {
 
 lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_model_name,
                               lora_error *err) {
+    if (m->attached > 0 && m->peft.method == LORA_METHOD_ADALORA)
+        return adalora_adapter_save(m, dir, base_model_name, err);
     if (m->attached <= 0 || m->peft.method != LORA_METHOD_LORA)
         return lora_errorf(err, LORA_ERR_STATE,
                            "%s: no LoRA adapter attached (full and BitFit runs are saved with "
@@ -390,6 +393,7 @@ static lora_status read_config(const char *path, lora_adapter_params *p, cJSON *
 lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err) {
     if (m->attached)
         return lora_errorf(err, LORA_ERR_STATE, "%s: the model already has a method attached", dir);
+    if (adalora_dir_is_adalora(dir)) return adalora_adapter_load(m, dir, err);
     char                cfg_path[4096], st_path[4096];
     lora_adapter_params p;
     cJSON              *root = NULL;

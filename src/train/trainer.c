@@ -56,7 +56,8 @@ lora_train_params lora_train_params_default(void) {
 /* ---- saved options (train_args.json) ---- */
 
 static const char *method_str(lora_method m) {
-    return m == LORA_METHOD_FULL ? "full" : m == LORA_METHOD_BITFIT ? "bitfit" : "lora";
+    return m == LORA_METHOD_FULL ? "full" : m == LORA_METHOD_BITFIT ? "bitfit"
+           : m == LORA_METHOD_ADALORA ? "adalora" : "lora";
 }
 
 static const char *schedule_str(lora_schedule_kind k) {
@@ -84,6 +85,16 @@ static char *args_to_json(const lora_train_params *p) {
     cJSON_AddBoolToObject(o, "use_rslora", p->adapter.use_rslora);
     cJSON_AddStringToObject(o, "init", p->adapter.init == LORA_INIT_GAUSSIAN ? "gaussian"
                                                                              : "kaiming");
+    if (p->adapter.method == LORA_METHOD_ADALORA) { /* init_r is "r" */
+        const lora_adalora_params *a = &p->adapter.adalora;
+        cJSON_AddNumberToObject(o, "target_r", a->target_r);
+        cJSON_AddNumberToObject(o, "tinit", (double)a->tinit);
+        cJSON_AddNumberToObject(o, "tfinal", (double)a->tfinal);
+        cJSON_AddNumberToObject(o, "delta_t", (double)a->delta_t);
+        cJSON_AddNumberToObject(o, "ada_beta1", a->beta1);
+        cJSON_AddNumberToObject(o, "ada_beta2", a->beta2);
+        cJSON_AddNumberToObject(o, "orth_reg", a->orth_reg);
+    }
     cJSON_AddNumberToObject(o, "lr", p->optim.lr);
     cJSON_AddNumberToObject(o, "beta1", p->optim.beta1);
     cJSON_AddNumberToObject(o, "beta2", p->optim.beta2);
@@ -163,9 +174,10 @@ static lora_status args_from_json(const char *path, lora_train_params *p, saved_
     p->out_dir = ss->out = dup_str(o, "out");
     char *method = dup_str(o, "method"), *sched = dup_str(o, "schedule"),
          *init = dup_str(o, "init"), *seed = dup_str(o, "seed");
-    p->adapter.method = method && !strcmp(method, "full")     ? LORA_METHOD_FULL
-                        : method && !strcmp(method, "bitfit") ? LORA_METHOD_BITFIT
-                                                              : LORA_METHOD_LORA;
+    p->adapter.method = method && !strcmp(method, "full")      ? LORA_METHOD_FULL
+                        : method && !strcmp(method, "bitfit")  ? LORA_METHOD_BITFIT
+                        : method && !strcmp(method, "adalora") ? LORA_METHOD_ADALORA
+                                                               : LORA_METHOD_LORA;
     p->optim.schedule = sched && !strcmp(sched, "cosine")     ? LORA_SCHEDULE_COSINE
                         : sched && !strcmp(sched, "constant") ? LORA_SCHEDULE_CONSTANT
                                                               : LORA_SCHEDULE_LINEAR;
@@ -202,6 +214,16 @@ static lora_status args_from_json(const char *path, lora_train_params *p, saved_
     p->eval_batches         = (int32_t)num(o, "eval_batches", &ok);
     p->save_every           = (int64_t)num(o, "save_every", &ok);
     p->log_every            = (int64_t)num(o, "log_every", &ok);
+    if (p->adapter.method == LORA_METHOD_ADALORA) {
+        lora_adalora_params *a = &p->adapter.adalora;
+        a->target_r            = (int32_t)num(o, "target_r", &ok);
+        a->tinit               = (int64_t)num(o, "tinit", &ok);
+        a->tfinal              = (int64_t)num(o, "tfinal", &ok);
+        a->delta_t             = (int64_t)num(o, "delta_t", &ok);
+        a->beta1               = (float)num(o, "ada_beta1", &ok);
+        a->beta2               = (float)num(o, "ada_beta2", &ok);
+        a->orth_reg            = (float)num(o, "orth_reg", &ok);
+    }
     cJSON_Delete(o);
     if (!ok) {
         saved_free(ss);
@@ -549,7 +571,7 @@ static lora_status setup(run *r, lora_error *err) {
 static lora_status save_outputs(run *r, lora_error *err) {
     char name[256];
     snprintf(name, sizeof name, "%s", r->p->model_dir);
-    if (r->p->adapter.method == LORA_METHOD_LORA)
+    if (r->p->adapter.method == LORA_METHOD_LORA || r->p->adapter.method == LORA_METHOD_ADALORA)
         return lora_adapter_save(r->m, r->p->out_dir, name, err);
     return lora_model_save_hf(r->m, r->p->out_dir, LORA_DTYPE_F32, err);
 }

@@ -1,6 +1,7 @@
 #!/bin/sh
 # `lora generate` on a tiny random model with a small byte-level tokenizer: determinism, the
-# limits (--max-new, the context), stop strings, and the command-line contract.
+# limits (--max-new, the context), stop strings, beam search, prompts files, and the
+# command-line contract.
 # usage: test_generate.sh LORA MAKE_TINY_MODEL WORKDIR
 set -u
 lora=$1 mk=$2 work=$3
@@ -116,6 +117,58 @@ rc=$?
 [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] && ok || bad "not one line: $err"
 echo "$err" | grep -q "n_positions=16" && ok || bad "does not say the context: $err"
 
+# beam search: deterministic, within --max-new and the vocabulary, printed at the end
+b4=$("$lora" generate --model "$m" --prompt "hello" --beams 4 --ids --max-new 8 2>"$work/err")
+rc=$?
+[ $rc -eq 0 ] && ok || bad "--beams 4: exit $rc: $(cat "$work/err")"
+b4b=$("$lora" generate --model "$m" --prompt "hello" --beams 4 --ids --max-new 8 2>/dev/null)
+[ -n "$b4" ] && [ "$b4" = "$b4b" ] && ok || bad "--beams 4 differs between runs: '$b4' / '$b4b'"
+n=$(count "$b4")
+[ "$n" -ge 1 ] && [ "$n" -le 8 ] && ok || bad "--beams 4 --max-new 8 gave $n ids: $b4"
+for id in $b4; do
+    [ "$id" -ge 0 ] && [ "$id" -lt 60 ] && ok || bad "beam id $id outside the vocabulary"
+done
+[ "$(wc -l < "$work/err")" -eq 1 ] && ok || bad "--beams stderr is not one line: $(cat "$work/err")"
+grep -q "beam search (4 beams)" "$work/err" && ok || bad "no beam timing: $(cat "$work/err")"
+lp=$("$lora" generate --model "$m" --prompt "hello" --beams 4 --ids --max-new 8 \
+     --length-penalty 0.9 --no-repeat-ngram 4 --early-stopping heuristic 2>/dev/null)
+[ -n "$lp" ] && ok || bad "--length-penalty --no-repeat-ngram --early-stopping"
+
+# --no-repeat-ngram 1 with greedy: no id of the prompt (h e l o = 8 5 12 15) or the output repeats
+nr=$("$lora" generate --model "$m" --prompt "hello" --greedy --no-repeat-ngram 1 --ids \
+     --max-new 12 2>/dev/null)
+dups=$(printf '8\n5\n12\n15\n%s\n' "$(echo "$nr" | tr ' ' '\n')" | sort | uniq -d | wc -l)
+[ -n "$nr" ] && [ "$dups" -eq 0 ] && ok || bad "--no-repeat-ngram 1 repeated an id: $nr"
+
+# a stop string ends a beam and is not printed
+bt=$("$lora" generate --model "$m" --prompt "Hello" --beams 3 --max-new 12 --stop "e" \
+     2>/dev/null; echo x)
+bt=${bt%x}
+case "$bt" in *e*) bad "--beams with --stop e printed '$bt'" ;; *) ok ;; esac
+
+# --prompts-file: one line per prompt, in order, each what the prompt alone gives
+printf 'hello\nabc\n\n' > "$work/prompts.txt"   # the third prompt is empty: starts from eos
+pf=$("$lora" generate --model "$m" --prompts-file "$work/prompts.txt" --beams 4 --ids \
+     --max-new 8 2>"$work/err")
+rc=$?
+[ $rc -eq 0 ] && ok || bad "--prompts-file: exit $rc: $(cat "$work/err")"
+[ "$(printf '%s\n' "$pf" | wc -l)" -eq 3 ] && ok || bad "--prompts-file gave not 3 lines: $pf"
+[ "$(printf '%s\n' "$pf" | sed -n 1p)" = "$b4" ] && ok || bad "line 1 '$pf' != alone '$b4'"
+abc=$("$lora" generate --model "$m" --prompt "abc" --beams 4 --ids --max-new 8 2>/dev/null)
+[ "$(printf '%s\n' "$pf" | sed -n 2p)" = "$abc" ] && ok || bad "line 2 of '$pf' != '$abc'"
+grep -q "3 prompts" "$work/err" && ok || bad "no prompts timing: $(cat "$work/err")"
+pf1=$("$lora" generate --model "$m" --prompts-file "$work/prompts.txt" --beams 4 --ids \
+      --max-new 8 --batch 1 2>/dev/null)
+[ "$pf1" = "$pf" ] && ok || bad "--batch 1 gave '$pf1', batched '$pf'"
+# greedy over a prompts file (one search for all) = greedy streamed prompt by prompt
+gf=$("$lora" generate --model "$m" --prompts-file "$work/prompts.txt" --greedy --ids \
+     --max-new 8 2>/dev/null)
+[ "$(printf '%s\n' "$gf" | sed -n 1p)" = "$a" ] && ok || bad "greedy line 1 '$gf' != '$a'"
+# text lines: newlines in a completion become spaces; sampling runs one prompt at a time
+tf=$("$lora" generate --model "$m" --prompts-file "$work/prompts.txt" --top-k 20 --seed 3 \
+     --max-new 30 2>/dev/null)
+[ "$(printf '%s\n' "$tf" | wc -l)" -eq 3 ] && ok || bad "sampled --prompts-file: not 3 lines"
+
 # failures and usage
 # status ARGS...: the exit status of lora generate, its output discarded
 status() { "$lora" generate "$@" >/dev/null 2>&1; echo $?; }
@@ -137,6 +190,22 @@ grep -q "usage: lora generate" "$work/err" && ok || bad "unknown option: no usag
 [ "$(status --model "$m" --prompt a --stop "")" -eq 2 ] && ok || bad "empty --stop"
 [ "$(status --model "$m" --prompt a --max-new)" -eq 2 ] && ok || bad "missing value"
 [ "$(status --model "$m" --prompt a extra)" -eq 2 ] && ok || bad "stray argument"
+[ "$(status --model "$m" --prompt a --beams 0)" -eq 2 ] && ok || bad "--beams 0"
+[ "$(status --model "$m" --prompt a --beams 2 --top-k 5)" -eq 2 ] && ok || bad "--beams --top-k"
+[ "$(status --model "$m" --prompt a --no-repeat-ngram 2)" -eq 2 ] && ok \
+    || bad "--no-repeat-ngram while sampling"
+[ "$(status --model "$m" --prompt a --length-penalty x)" -eq 2 ] && ok || bad "--length-penalty x"
+[ "$(status --model "$m" --prompt a --early-stopping maybe)" -eq 2 ] && ok \
+    || bad "--early-stopping maybe"
+[ "$(status --model "$m" --prompt a --batch 2)" -eq 2 ] && ok || bad "--batch without a file"
+[ "$(status --model "$m" --prompt a --prompts-file "$work/prompts.txt")" -eq 2 ] && ok \
+    || bad "--prompt with --prompts-file"
+[ "$(status --model "$m" --prompts-file "$work/nope" --greedy)" -eq 1 ] && ok \
+    || bad "missing prompts file"
+printf 'ab\nabcdefghijklmnopqrstuvwxyz\n' > "$work/long.txt"
+err=$("$lora" generate --model "$m" --prompts-file "$work/long.txt" --greedy 2>&1 >/dev/null)
+rc=$?
+[ $rc -eq 1 ] && echo "$err" | grep -q "long.txt:2" && ok || bad "long prompt in a file: $err"
 "$lora" generate --help | grep -q "usage: lora generate" && ok || bad "--help"
 "$lora" generate --help >/dev/null; [ $? -eq 0 ] && ok || bad "--help exit status"
 "$lora" --help | grep -q generate && ok || bad "lora --help lists generate"

@@ -5,7 +5,10 @@
  * non-zero, on a tied tanh-GELU model and an untied erf-GELU one): logits after prefill and
  * every step, greedy generation, step_all against separate feeds, copy_seq, reset and errors.
  * The sampler: greedy, top-k, top-p, temperature, reproducibility, and frequencies against the
- * softmax (chi-square).
+ * softmax (chi-square). Beam search: against a plain reference (Hugging Face's procedure with
+ * full forwards, no cache) over beams, length penalties, n-gram bans, end tokens and stopping
+ * modes; against exhaustive enumeration when the beams can hold every prefix; n-gram bans, the
+ * length penalty deciding the winner, one beam = greedy, batched prompts = single ones, errors.
  */
 #include "test_helper.h"
 #include "tiny_model.h"
@@ -468,6 +471,503 @@ static void bench(const char *dir) {
     lora_model_free(m);
 }
 
+/* ---- beam search ---- */
+
+/*
+ * The reference: Hugging Face's beam search written out plainly, without a cache. Every step
+ * runs lora_model_forward over the full sequences of the running beams, takes the log-softmax
+ * in double, bans n-grams by searching the sequence for each candidate, sorts every
+ * candidate of every beam, and walks the best max(2, 1 + #end tokens) K of them.
+ */
+#define REF_MAXT 64
+
+typedef struct ref_hyp {
+    double score, sum;
+    int    n, length, finished;
+    long   order;
+    int    toks[REF_MAXT];
+} ref_hyp;
+
+typedef struct ref_cand {
+    double s;
+    int    tok, parent;
+} ref_cand;
+
+static int ref_cand_cmp(const void *pa, const void *pb) {
+    const ref_cand *a = pa, *b = pb;
+    if (a->s != b->s) return a->s > b->s ? -1 : 1;
+    if (a->tok != b->tok) return a->tok - b->tok;
+    return a->parent - b->parent;
+}
+
+/* 1 when appending v to seq (L tokens) repeats an n-gram already in seq */
+static int ref_banned(const int32_t *seq, int L, int v, int n) {
+    if (n <= 0 || L + 1 < n) return 0;
+    for (int i = 0; i + n <= L; i++) {
+        int same = seq[i + n - 1] == v;
+        for (int k = 0; k < n - 1 && same; k++) same = seq[i + k] == seq[L - n + 1 + k];
+        if (same) return 1;
+    }
+    return 0;
+}
+
+static int ref_is_end(const lora_beam_params *p, int v) {
+    if (v == p->eos) return 1;
+    for (int i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] == v) return 1;
+    return 0;
+}
+
+static void ref_add(ref_hyp *h, int *n_hyp, int K, long *order, const int32_t *gen, int n_gen,
+                    int last, int length, double sum, int finished, double lp) {
+    double score = sum / pow(length, lp);
+    int    at    = *n_hyp;
+    if (*n_hyp == K) {
+        at = 0;
+        for (int i = 1; i < K; i++)
+            if (h[i].score < h[at].score || (h[i].score == h[at].score && h[i].order < h[at].order))
+                at = i;
+        if (!(score > h[at].score)) return;
+    } else {
+        (*n_hyp)++;
+    }
+    h[at].score = score, h[at].sum = sum, h[at].length = length, h[at].finished = finished;
+    h[at].order = (*order)++;
+    h[at].n     = n_gen;
+    memcpy(h[at].toks, gen, (size_t)n_gen * sizeof(int));
+    if (last >= 0) h[at].toks[h[at].n++] = last;
+}
+
+static void ref_beam(lora_model *m, const int32_t *prompt, int n_prompt,
+                     const lora_beam_params *p, int32_t *out, lora_beam_result *res) {
+    int     K = p->n_beams, V = lora_model_config(m)->vocab_size, M = p->max_new;
+    int     n_end = (p->eos >= 0) + p->n_stop_ids, cap = (n_end + 1 > 2 ? n_end + 1 : 2) * K;
+    int32_t (*seq)[REF_MAXT]  = calloc((size_t)K, sizeof *seq);
+    int32_t (*nseq)[REF_MAXT] = calloc((size_t)K, sizeof *nseq);
+    int32_t  *flat            = malloc((size_t)K * REF_MAXT * sizeof(int32_t));
+    double   *sum = calloc((size_t)K, sizeof(double)), *nsum = calloc((size_t)K, sizeof(double));
+    ref_cand *cand = malloc((size_t)K * V * sizeof *cand);
+    ref_hyp  *hyp  = calloc((size_t)K, sizeof *hyp);
+    int       n_run = 1, n_hyp = 0, done = 0;
+    long      order = 0;
+    double    lp    = p->length_penalty;
+    lora_error err;
+    memcpy(seq[0], prompt, (size_t)n_prompt * sizeof(int32_t));
+    memset(res, 0, sizeof *res);
+    res->score = M == 0 ? 0.0 : -INFINITY;
+    lora_model_set_training(m, 0);
+    for (int t = 0; t < M && !done; t++) {
+        int L = n_prompt + t, nc = 0;
+        for (int j = 0; j < n_run; j++) memcpy(flat + (size_t)j * L, seq[j], L * sizeof(int32_t));
+        if (lora_model_forward(m, flat, NULL, n_run, L, NULL, &err) != LORA_OK) {
+            fprintf(stderr, "reference forward: %s\n", err.msg);
+            break;
+        }
+        for (int j = 0; j < n_run; j++) {
+            const float *z  = lora_model_logits(m) + ((size_t)j * L + L - 1) * V;
+            double       mx = -INFINITY, se = 0;
+            for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+            for (int v = 0; v < V; v++) se += exp(z[v] - mx);
+            for (int v = 0; v < V; v++) {
+                if (ref_banned(seq[j], L, v, p->no_repeat_ngram)) continue;
+                cand[nc].s      = sum[j] + (z[v] - mx - log(se));
+                cand[nc].tok    = v;
+                cand[nc].parent = j;
+                nc++;
+            }
+        }
+        qsort(cand, (size_t)nc, sizeof *cand, ref_cand_cmp);
+        int n_new = 0;
+        for (int r = 0; r < nc && r < cap && n_new < K; r++) {
+            ref_cand *c = &cand[r];
+            if (ref_is_end(p, c->tok)) {
+                if (r < K)
+                    ref_add(hyp, &n_hyp, K, &order, seq[c->parent] + n_prompt, t,
+                            c->tok == p->eos ? -1 : c->tok, t + 1, c->s, 1, lp);
+                continue;
+            }
+            memcpy(nseq[n_new], seq[c->parent], L * sizeof(int32_t));
+            nseq[n_new][L] = c->tok;
+            nsum[n_new++]  = c->s;
+        }
+        if (n_hyp == K) {
+            double worst = INFINITY;
+            for (int i = 0; i < K; i++) worst = hyp[i].score < worst ? hyp[i].score : worst;
+            int mode = K == 1 ? LORA_BEAM_STOP_FIRST_K : (int)p->early_stopping;
+            if (mode == LORA_BEAM_STOP_FIRST_K) done = 1;
+            else if (mode == LORA_BEAM_STOP_HEURISTIC)
+                done = worst >= cand[0].s / pow(t + 1, lp);
+            else
+                done = n_new == 0 || worst >= nsum[0] / pow(lp > 0 ? M : t + 2, lp);
+        }
+        if (!done && (t + 1 == M || n_new == 0)) {
+            for (int j = 0; j < n_new; j++)
+                ref_add(hyp, &n_hyp, K, &order, nseq[j] + n_prompt, t + 1, -1, t + 1, nsum[j], 0,
+                        lp);
+            done = 1;
+        }
+        memcpy(seq, nseq, (size_t)K * sizeof *seq);
+        memcpy(sum, nsum, (size_t)K * sizeof *sum);
+        n_run = n_new;
+        res->n_steps++;
+    }
+    if (n_hyp > 0) {
+        int best = 0;
+        for (int i = 1; i < n_hyp; i++)
+            if (hyp[i].score > hyp[best].score ||
+                (hyp[i].score == hyp[best].score && hyp[i].order < hyp[best].order))
+                best = i;
+        for (int i = 0; i < hyp[best].n; i++) out[i] = hyp[best].toks[i];
+        res->n_tokens     = hyp[best].n;
+        res->finished     = hyp[best].finished;
+        res->length       = hyp[best].length;
+        res->sum_logprobs = hyp[best].sum;
+        res->score        = hyp[best].score;
+    }
+    free(seq), free(nseq), free(flat), free(sum), free(nsum), free(cand), free(hyp);
+}
+
+static int same_result(const int32_t *a, const lora_beam_result *ra, const int32_t *b,
+                       const lora_beam_result *rb, double tol) {
+    if (ra->n_tokens != rb->n_tokens || ra->finished != rb->finished || ra->length != rb->length)
+        return 0;
+    if (memcmp(a, b, (size_t)ra->n_tokens * sizeof(int32_t))) return 0;
+    if (isinf(ra->score) || isinf(rb->score)) return ra->score == rb->score;
+    return fabs(ra->score - rb->score) <= tol && fabs(ra->sum_logprobs - rb->sum_logprobs) <= tol;
+}
+
+static void print_result(const char *what, const int32_t *t, const lora_beam_result *r) {
+    printf("%s: score %.6f sum %.6f length %d finished %d:", what, r->score, r->sum_logprobs,
+           (int)r->length, (int)r->finished);
+    for (int i = 0; i < r->n_tokens; i++) printf(" %d", (int)t[i]);
+    printf("\n");
+}
+
+/* The greedy token after the prompt and its first n continuations (ids for eos / stop). */
+static void greedy_tokens(lora_model *m, const int32_t *prompt, int n_prompt, int n, int32_t *o) {
+    lora_decoder *d = NULL;
+    lora_error    err;
+    int32_t       V = lora_model_config(m)->vocab_size;
+    lora_decoder_init(m, 1, 0, &d, &err);
+    lora_decoder_feed(d, 0, prompt, n_prompt, &err);
+    for (int i = 0; i < n; i++) {
+        o[i] = lora_argmax(lora_decoder_logits(d, 0), V);
+        if (i + 1 < n) lora_decoder_feed(d, 0, &o[i], 1, &err);
+    }
+    lora_decoder_free(d);
+}
+
+/* Beam search with the decoder against the reference, over beams, length penalties, n-gram
+ * bans, end tokens and stopping modes. */
+static void test_beam_vs_reference(const char *dir, uint64_t seed) {
+    lora_model *m = load_with_lora(dir, seed);
+    if (!m) return;
+    const lora_config *c = lora_model_config(m);
+    int32_t            V = c->vocab_size, P = c->n_positions;
+    int32_t            prompt[8], g[8];
+    random_tokens(prompt, 8, V, seed + 1);
+    prompt[3] = prompt[0], prompt[4] = prompt[1]; /* a repeated bigram for the bans */
+    greedy_tokens(m, prompt, 5, 4, g);
+    lora_decoder *d = NULL;
+    lora_error    err;
+    test_cond("decoder for 7 beams", lora_decoder_init(m, 7, 0, &d, &err) == LORA_OK);
+    static const int   beams[] = {1, 2, 4, 7};
+    static const float lps[]   = {1.0f, 0.9f, 0.0f, 2.5f, -0.7f};
+    int32_t            stop[2] = {g[2], (g[3] + 1) % V};
+    int                checked = 0, agree = 0, ended = 0, differ = 0;
+    for (int bi = 0; bi < 4; bi++)
+        for (int li = 0; li < 5; li++)
+            for (int ng = 0; ng <= 3; ng += 1 + (ng == 0))       /* 0, 2, 3 */
+                for (int mode = 0; mode < 3; mode++)
+                    for (int ends = 0; ends < 3; ends++) {
+                        lora_beam_params p = lora_beam_params_default();
+                        p.n_beams          = beams[bi];
+                        p.length_penalty   = lps[li];
+                        p.no_repeat_ngram  = ng;
+                        p.early_stopping   = (lora_beam_stop)mode;
+                        p.max_new          = 3 + (bi + li + ends) % 6;
+                        int n_prompt       = 3 + (li + mode) % 3;
+                        if (p.max_new > P - n_prompt + 1) p.max_new = P - n_prompt + 1;
+                        p.eos = ends == 0 ? -1 : g[1]; /* the greedy path's second token */
+                        if (ends == 2) p.stop_ids = stop, p.n_stop_ids = 2;
+                        int32_t          a[REF_MAXT], b[REF_MAXT];
+                        lora_beam_result ra, rb;
+                        lora_status st = lora_beam_search(d, prompt, n_prompt, &p, a, &ra, &err);
+                        test_condf(st == LORA_OK, "beam search: %s", err.msg);
+                        ref_beam(m, prompt, n_prompt, &p, b, &rb);
+                        checked++;
+                        if (same_result(a, &ra, b, &rb, 1e-5)) {
+                            agree++;
+                        } else {
+                            fprintf(stderr, "K=%d lp=%g ngram=%d mode=%d ends=%d max_new=%d\n",
+                                    p.n_beams, (double)p.length_penalty, ng, mode, ends,
+                                    (int)p.max_new);
+                            print_result("  decoder  ", a, &ra);
+                            print_result("  reference", b, &rb);
+                        }
+                        ended += ra.finished;
+                        differ += ra.n_tokens != p.max_new;
+                        for (int i = 0; i < ra.n_tokens; i++)
+                            test_cond("no eos in the output", a[i] != p.eos);
+                    }
+    test_condf(agree == checked, "%s: beam search = reference in %d of %d settings", dir, agree,
+               checked);
+    test_condf(ended > checked / 10 && differ > 0, "end tokens finished %d of %d searches", ended,
+               checked);
+    for (int s = 0; s < 7; s++)
+        test_cond("sequences are empty after a search", lora_decoder_length(d, s) == 0);
+    printf("beam search vs reference on %s: %d settings agree, %d ended by eos/stop\n", dir, agree,
+           ended);
+    lora_decoder_free(d);
+    lora_model_free(m);
+}
+
+/* Exhaustive: with K >= V^max_new every prefix survives, so the result is the best of all
+ * continuations, enumerated here by recursion with the full forward. */
+typedef struct enum_ctx {
+    lora_model      *m;
+    lora_beam_params p;
+    int32_t          seq[32];
+    int              n_prompt;
+    double           best;
+    int32_t          best_toks[8];
+    int              best_n, best_len;
+} enum_ctx;
+
+static void enumerate(enum_ctx *e, int t, double sum) {
+    int        L = e->n_prompt + t, V = lora_model_config(e->m)->vocab_size;
+    lora_error err;
+    lora_model_forward(e->m, e->seq, NULL, 1, L, NULL, &err);
+    const float *z  = lora_model_logits(e->m) + (size_t)(L - 1) * V;
+    double       mx = -INFINITY, se = 0, lp[64];
+    for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+    for (int v = 0; v < V; v++) se += exp(z[v] - mx);
+    for (int v = 0; v < V; v++) lp[v] = z[v] - mx - log(se);
+    for (int v = 0; v < V; v++) {
+        if (ref_banned(e->seq, L, v, e->p.no_repeat_ngram)) continue;
+        double s = sum + lp[v];
+        if (v == e->p.eos || t + 1 == e->p.max_new) {
+            double score = s / pow(t + 1, e->p.length_penalty);
+            if (score > e->best) {
+                e->best     = score;
+                e->best_len = t + 1;
+                e->best_n   = v == e->p.eos ? t : t + 1;
+                memcpy(e->best_toks, e->seq + e->n_prompt, (size_t)t * sizeof(int32_t));
+                e->best_toks[t] = v;
+            }
+            continue;
+        }
+        e->seq[L] = v;
+        enumerate(e, t + 1, s);
+    }
+}
+
+static void test_beam_exhaustive(const char *dir) {
+    lora_model *m = NULL;
+    lora_error  err;
+    if (lora_model_load(dir, &m, &err) != LORA_OK) return;
+    int32_t V = lora_model_config(m)->vocab_size, K = V * V * V;
+    lora_decoder *d = NULL;
+    test_condf(lora_decoder_init(m, K, 0, &d, &err) == LORA_OK, "decoder: %s", err.msg);
+    static const float lps[] = {0.0f, 1.0f, 2.5f, -1.0f};
+    for (int li = 0; li < 4; li++)
+        for (int ng = 0; ng < 2; ng++) {
+            enum_ctx e;
+            memset(&e, 0, sizeof e);
+            e.m                  = m;
+            e.p                  = lora_beam_params_default();
+            e.p.n_beams          = K;
+            e.p.max_new          = 3;
+            e.p.eos              = V - 1;
+            e.p.length_penalty   = lps[li];
+            e.p.no_repeat_ngram  = ng;
+            e.n_prompt           = 2;
+            e.seq[0] = 1, e.seq[1] = 2;
+            e.best               = -INFINITY;
+            enumerate(&e, 0, 0.0);
+            int32_t          a[8];
+            lora_beam_result r;
+            test_cond("search", lora_beam_search(d, e.seq, 2, &e.p, a, &r, &err) == LORA_OK);
+            int same = r.n_tokens == e.best_n && r.length == e.best_len &&
+                       !memcmp(a, e.best_toks, (size_t)e.best_n * sizeof(int32_t)) &&
+                       fabs(r.score - e.best) <= 1e-5;
+            test_condf(same, "lp=%g ngram=%d: beam %d tokens score %.6f, exhaustive %d tokens "
+                       "score %.6f", (double)lps[li], ng, (int)r.n_tokens, r.score, e.best_n,
+                       e.best);
+        }
+    lora_decoder_free(d);
+    lora_model_free(m);
+}
+
+/* n-gram bans hold; the length penalty decides between a short and a long hypothesis; one
+ * beam is the greedy loop of lora generate. */
+static void test_beam_properties(const char *dir) {
+    lora_model *m = load_with_lora(dir, 31);
+    if (!m) return;
+    int32_t       V = lora_model_config(m)->vocab_size, P = lora_model_config(m)->n_positions;
+    lora_decoder *d = NULL;
+    lora_error    err;
+    lora_decoder_init(m, 5, 0, &d, &err);
+
+    /* no n-gram of the prompt + output repeats, for n = 1, 2, 3 */
+    int32_t prompt[6] = {7, 8, 9, 7, 8, 3};
+    for (int n = 1; n <= 3; n++) {
+        lora_beam_params p = lora_beam_params_default();
+        p.n_beams          = n == 2 ? 1 : 5;
+        p.max_new          = P - 6 + 1;
+        p.no_repeat_ngram  = n;
+        int32_t          out[32], all[48];
+        lora_beam_result r;
+        test_cond("search", lora_beam_search(d, prompt, 6, &p, out, &r, &err) == LORA_OK);
+        memcpy(all, prompt, sizeof prompt);
+        memcpy(all + 6, out, (size_t)r.n_tokens * sizeof(int32_t));
+        int L = 6 + r.n_tokens, repeat = 0;
+        for (int i = 0; i + n <= L; i++)
+            for (int j = i + 1; j + n <= L; j++)
+                repeat |= !memcmp(all + i, all + j, (size_t)n * sizeof(int32_t)) && j >= 6 - n + 1;
+        test_condf(!repeat, "no_repeat_ngram=%d: an n-gram repeats", n);
+        test_cond("ran to max_new", r.n_tokens == p.max_new);
+    }
+
+    /* eos = the most likely first token: with lp = 0 (the sum alone) stopping at once wins;
+     * with lp = 2 the longest hypotheses win */
+    int32_t first;
+    greedy_tokens(m, prompt, 6, 1, &first);
+    int32_t          a[32], b[32];
+    lora_beam_result ra, rb, ref;
+    lora_beam_params p = lora_beam_params_default();
+    p.n_beams          = 4;
+    p.max_new          = 6;
+    p.eos              = first;
+    p.length_penalty   = 0.0f;
+    lora_beam_search(d, prompt, 6, &p, a, &ra, &err);
+    ref_beam(m, prompt, 6, &p, b, &ref);
+    test_cond("lp = 0: eos at once", ra.n_tokens == 0 && ra.finished && ra.length == 1);
+    test_cond("lp = 0: = reference", same_result(a, &ra, b, &ref, 1e-5));
+    p.length_penalty = 2.0f;
+    lora_beam_search(d, prompt, 6, &p, a, &rb, &err);
+    ref_beam(m, prompt, 6, &p, b, &ref);
+    test_condf(rb.length > 3, "lp = 2: the winner has length %d", (int)rb.length);
+    test_cond("lp = 2: = reference", same_result(a, &rb, b, &ref, 1e-5));
+    print_result("lp 0", a, &ra);
+    print_result("lp 2", a, &rb);
+
+    /* one beam: exactly lora generate's greedy loop (argmax, stop at eos, max_new) */
+    for (int k = 0; k < 6; k++) {
+        int32_t pr[4], greedy[32];
+        random_tokens(pr, 4, V, 40 + (uint64_t)k);
+        int max_new = 3 + k * 2 > P - 3 ? P - 3 : 3 + k * 2;
+        greedy_tokens(m, pr, 4, max_new, greedy);
+        p         = lora_beam_params_default();
+        p.n_beams = 1;
+        p.max_new = max_new;
+        p.eos     = k % 2 ? greedy[k % max_new] : -1;
+        p.length_penalty = 0.9f;
+        int n_greedy     = max_new;
+        for (int i = 0; i < max_new; i++)
+            if (greedy[i] == p.eos) {
+                n_greedy = i;
+                break;
+            }
+        lora_beam_search(d, pr, 4, &p, a, &ra, &err);
+        test_condf(ra.n_tokens == n_greedy &&
+                       !memcmp(a, greedy, (size_t)n_greedy * sizeof(int32_t)),
+                   "one beam != greedy (prompt %d: %d tokens, greedy %d)", k, (int)ra.n_tokens,
+                   n_greedy);
+    }
+    lora_decoder_free(d);
+    lora_model_free(m);
+}
+
+/* Several prompts at once = each alone; the sequences not used are untouched. */
+static void test_beam_batch(const char *dir) {
+    lora_model *m = load_with_lora(dir, 33);
+    if (!m) return;
+    int32_t       V = lora_model_config(m)->vocab_size;
+    lora_decoder *d = NULL, *one = NULL;
+    lora_error    err;
+    lora_decoder_init(m, 13, 0, &d, &err);
+    lora_decoder_init(m, 3, 0, &one, &err);
+    int32_t pr[3][6], lens[3] = {2, 6, 4}, o[3][32], s[32];
+    for (int i = 0; i < 3; i++) random_tokens(pr[i], lens[i], V, 60 + (uint64_t)i);
+    lora_beam_params p  = lora_beam_params_default();
+    p.n_beams           = 3;
+    p.max_new           = 9;
+    p.length_penalty    = 0.9f;
+    p.no_repeat_ngram   = 2;
+    p.eos               = pr[1][2];
+    const int32_t *ps[3] = {pr[0], pr[1], pr[2]};
+    int32_t       *os[3] = {o[0], o[1], o[2]};
+    lora_beam_result r[3], r1;
+    int32_t          keep = 5;
+    lora_decoder_feed(d, 12, pr[1], keep, &err); /* a sequence beyond the 9 used */
+    test_cond("batch", lora_beam_search_batch(d, 3, ps, lens, &p, os, r, &err) == LORA_OK);
+    for (int i = 0; i < 3; i++) {
+        lora_beam_search(one, pr[i], lens[i], &p, s, &r1, &err);
+        test_condf(same_result(o[i], &r[i], s, &r1, 1e-5), "prompt %d: batched != alone", i);
+    }
+    test_cond("unused sequence untouched", lora_decoder_length(d, 12) == keep);
+
+    /* errors */
+    test_cond("too few sequences",
+              lora_beam_search_batch(one, 2, ps, lens, &p, os, r, &err) == LORA_ERR_ARG);
+    test_condf(strstr(err.msg, "n_seq") && !strchr(err.msg, '\n'), "message: %s", err.msg);
+    lora_beam_params q = p;
+    q.n_beams          = 0;
+    test_cond("0 beams", lora_beam_search(one, pr[0], 2, &q, s, &r1, &err) == LORA_ERR_ARG);
+    q                = p;
+    q.length_penalty = NAN;
+    test_cond("NaN penalty", lora_beam_search(one, pr[0], 2, &q, s, &r1, &err) == LORA_ERR_ARG);
+    q     = p;
+    q.eos = V;
+    test_cond("eos outside", lora_beam_search(one, pr[0], 2, &q, s, &r1, &err) == LORA_ERR_ARG);
+    q = p;
+    int32_t bad[2] = {1, V};
+    test_cond("bad prompt id", lora_beam_search(one, bad, 2, &q, s, &r1, &err) == LORA_ERR_ARG);
+    test_cond("empty prompt", lora_beam_search(one, bad, 0, &q, s, &r1, &err) == LORA_ERR_ARG);
+    q.max_new = 0;
+    test_cond("max_new 0", lora_beam_search(one, pr[0], 2, &q, s, &r1, &err) == LORA_OK &&
+                               r1.n_tokens == 0 && r1.score == 0.0);
+    /* a decoder shorter than prompt + max_new: the search stops at its end */
+    lora_decoder *shortd = NULL;
+    lora_decoder_init(m, 3, 8, &shortd, &err);
+    q         = p;
+    q.eos     = -1;
+    q.max_new = 20;
+    test_cond("short decoder",
+              lora_beam_search(shortd, pr[1], 6, &q, s, &r1, &err) == LORA_OK && r1.n_tokens == 3);
+    lora_decoder_free(shortd);
+    lora_decoder_free(d);
+    lora_decoder_free(one);
+    lora_model_free(m);
+}
+
+/* Beam search speed on a model (informational). */
+static void bench_beam(const char *dir, int K) {
+    lora_model *m = load_with_lora(dir, 3);
+    if (!m) return;
+    lora_decoder *d = NULL;
+    lora_error    err;
+    lora_decoder_init(m, K, 0, &d, &err);
+    lora_beam_params p = lora_beam_params_default();
+    p.n_beams          = K;
+    p.max_new          = lora_model_config(m)->n_positions - 3;
+    int32_t          prompt[3] = {1, 2, 3}, out[128];
+    lora_beam_result r;
+    long             rows = 0;
+    struct timespec  t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int rep = 0; rep < 200; rep++) {
+        lora_beam_search(d, prompt, 3, &p, out, &r, &err);
+        rows += (long)r.n_steps * K;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    printf("beam search (K=%d) on %s: %.0f beam-tokens/s\n", K, dir, (double)rows / s);
+    lora_decoder_free(d);
+    lora_model_free(m);
+}
+
 /* ---- the sampler ---- */
 
 static lora_sampler *sampler(lora_sampler_params p, int32_t V) {
@@ -678,8 +1178,11 @@ static void test_sampler(void) {
 
 int main(void) {
     tiny_tmpdir(root, sizeof root, "test_decode");
-    char        tied[4200], odd[4200], wide[4200];
-    lora_config c = tiny_config(), o = odd_config(), w = wide_config();
+    char        tied[4200], odd[4200], wide[4200], small[4200];
+    lora_config c = tiny_config(), o = odd_config(), w = wide_config(), sm = tiny_config();
+    sm.vocab_size = 5; /* small enough to enumerate every continuation */
+    snprintf(small, sizeof small, "%s/small", root);
+    test_cond("write small-vocabulary model", write_model(small, &sm, 24) == 0);
     snprintf(tied, sizeof tied, "%s/tied", root);
     snprintf(odd, sizeof odd, "%s/odd", root);
     snprintf(wide, sizeof wide, "%s/wide", root);
@@ -700,6 +1203,12 @@ int main(void) {
     test_adapter_dir(odd);
     test_errors(tied);
     test_sampler();
+    test_beam_vs_reference(tied, 70);
+    test_beam_vs_reference(odd, 71);
+    test_beam_exhaustive(small);
+    test_beam_properties(tied);
+    test_beam_batch(odd);
     bench(tied);
+    bench_beam(tied, 4);
     return test_report("test_decode");
 }
