@@ -91,8 +91,11 @@ lora_status lora_model_attach(lora_model *m, const lora_adapter_params *p, lora_
 
 lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
                         const lora_site_spec *specs, int32_t n_specs, lora_error *err) {
-    if (m->attached)
+    if (m->attached > 0)
         return lora_errorf(err, LORA_ERR_STATE, "%s: a PEFT method is already attached", m->dir);
+    if (m->attached < 0)
+        return lora_errorf(err, LORA_ERR_STATE, "%s: an earlier attach failed after its "
+                           "allocation; load the model again", m->dir);
     const peft_method *pm = method_table(p->method);
     if (!pm) return lora_errorf(err, LORA_ERR_ARG, "unknown PEFT method %d", (int)p->method);
     lora_status st;

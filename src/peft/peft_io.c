@@ -525,11 +525,12 @@ lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err) {
         int64_t    R   = mo->A->shape[0], in = mo->A->shape[1], out = mo->B->shape[0];
         float     *A   = malloc((size_t)mo->A->numel * sizeof(float));
         float     *B   = malloc((size_t)mo->B->numel * sizeof(float));
-        if (!A || !B || st_to_f32(A, mo->A, st_path, err) || st_to_f32(B, mo->B, st_path, err)) {
+        if (!A || !B) st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", st_path);
+        if (st == LORA_OK) st = st_to_f32(A, mo->A, st_path, err);
+        if (st == LORA_OK) st = st_to_f32(B, mo->B, st_path, err);
+        if (st != LORA_OK) {
             free(A);
             free(B);
-            st = err && err->status ? err->status : LORA_ERR_NOMEM;
-            if (st == LORA_ERR_NOMEM) lora_errorf(err, st, "%s: out of memory", st_path);
             goto done;
         }
         lora_tensor_info ta, tb;
