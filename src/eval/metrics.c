@@ -68,8 +68,9 @@ static char *next_token(char **p) {
 
 /*
  * The normalised, space-separated token string of text (malloc'd), following mteval-v13a's
- * substitutions in order. Each rule inserts at most two spaces per input character, so 3n + 3
- * bytes always suffice.
+ * substitutions in order. The punctuation split can triple the text and each two-character rule
+ * can double it again (every 2-character match becomes 4), so the output buffer is regrown
+ * before each rule to twice its input.
  */
 static char *v13a_normalise(const char *text) {
     static const char *const subs[][2] = {{"<skipped>", ""}, {"-\n", ""},    {"\n", " "},
@@ -110,6 +111,13 @@ static char *v13a_normalise(const char *text) {
     /* three two-character rules, each a left-to-right, non-overlapping global substitution */
     for (int rule = 0; rule < 3; rule++) {
         size_t m = strlen(a), q = 0;
+        char  *nb = realloc(b, 2 * m + 8);
+        if (!nb) {
+            free(a);
+            free(b);
+            return NULL;
+        }
+        b = nb;
         for (size_t i = 0; i < m;) {
             char c1 = a[i], c2 = i + 1 < m ? a[i + 1] : '\0';
             int  hit;
@@ -135,19 +143,19 @@ static char *v13a_normalise(const char *text) {
         a       = b;
         b       = t;
     }
-    /* collapse whitespace, strip */
+    /* collapse whitespace, strip: in place (the write index never passes the read index) */
     size_t q = 0;
     for (size_t i = 0; a[i]; i++) {
         if (is_space(a[i])) {
-            if (q > 0 && b[q - 1] != ' ') b[q++] = ' ';
+            if (q > 0 && a[q - 1] != ' ') a[q++] = ' ';
         } else {
-            b[q++] = a[i];
+            a[q++] = a[i];
         }
     }
-    if (q > 0 && b[q - 1] == ' ') q--;
-    b[q] = '\0';
-    free(a);
-    return b;
+    if (q > 0 && a[q - 1] == ' ') q--;
+    a[q] = '\0';
+    free(b);
+    return a;
 }
 
 lora_status lora_eval_tokenize(const char *text, char ***out, size_t *n, lora_error *err) {

@@ -352,7 +352,31 @@ static void test_files(void) {
     test_cond("missing file", lora_eval_read_lines(path, &l, &err) != LORA_OK);
 }
 
+/* Runs of punctuation make every normalisation rule fire: the token string grows several times
+ * over (a heap overflow once, found by decoding a model's output). */
+static void test_tokenize_growth(void) {
+    char text[4096];
+    size_t k = 0;
+    for (int i = 0; i < 300; i++) k += (size_t)snprintf(text + k, sizeof text - k, ",.a1-");
+    char     **toks;
+    size_t     n;
+    lora_error err;
+    test_cond("punctuation runs tokenize", lora_eval_tokenize(text, &toks, &n, &err) == LORA_OK);
+    size_t chars = 0;
+    for (size_t i = 0; i < n; i++) chars += strlen(toks[i]);
+    test_condf(n >= 900 && chars == 1500, "punctuation runs: %zu tokens, %zu chars", n, chars);
+    lora_eval_tokens_free(toks, n);
+    char *dots = malloc(2001);
+    memset(dots, '.', 2000);
+    dots[2000] = '\0';
+    test_cond("a run of periods tokenizes", lora_eval_tokenize(dots, &toks, &n, &err) == LORA_OK);
+    test_condf(n == 2000, "2000 periods: %zu tokens", n);
+    lora_eval_tokens_free(toks, n);
+    free(dots);
+}
+
 int main(void) {
+    test_tokenize_growth();
     test_tokenize();
     test_bleu();
     test_nist();
