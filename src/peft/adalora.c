@@ -53,18 +53,6 @@ typedef struct ada_site {
     uint32_t target;
 } ada_site;
 
-static uint64_t dropout_key(const adapter *a, const peft_ctx *ctx) {
-    return rng_key(ctx->seed, 0x10000u + a->uid, ctx->pass);
-}
-
-/* out (n) = x ⊙ mask / (1 - p), the mask regenerated from the pass counter (as LoRA's). */
-static void dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key) {
-    float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        out[i] = rng_uniform(key, i) >= p ? x[i] * keep_scale : 0.0f;
-}
-
 /* w (N, r) = u ⊙ Λ, Λ broadcast over rows */
 static void scale_columns(float *w, const float *u, const float *E, int N, int r) {
 #pragma omp parallel for schedule(static) if ((size_t)N * (size_t)r > 65536)
@@ -79,8 +67,9 @@ static void ada_forward(adapter *a, const linear *site, float *out, const float 
     const float *src = inp;
     float       *w   = ctx->scratch + (size_t)N * s->in; /* (N, r) */
     LORA_ASSERT(N <= s->n_max);
-    if (ctx->training && s->dropout > 0.0f) {
-        dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout, dropout_key(a, ctx));
+    if (adapter_dropout_on(ctx, s->dropout)) {
+        adapter_dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout,
+                              adapter_dropout_key(a, ctx));
         src = ctx->scratch;
     }
     /* u (N,r) = x · Qᵀ;  w = u ⊙ Λ;  out[:, off:off+len] += scale · w · Pᵀ */
@@ -93,7 +82,7 @@ static void ada_forward(adapter *a, const linear *site, float *out, const float 
 static void ada_backward(adapter *a, const linear *site, float *dinp, const float *dout,
                          const float *inp, int N, const peft_ctx *ctx) {
     ada_site    *s       = a->state;
-    int          dropped = ctx->training && s->dropout > 0.0f;
+    int          dropped = adapter_dropout_on(ctx, s->dropout);
     int          r       = s->r;
     float       *xd      = ctx->scratch;                     /* (N, in) */
     float       *dw      = ctx->scratch + (size_t)N * s->in; /* (N, r) */
@@ -113,24 +102,16 @@ static void ada_backward(adapter *a, const linear *site, float *dinp, const floa
     }
     scale_columns(dw, dw, s->E, N, r);
     if (dropped) {
-        dropout_apply(xd, inp, (size_t)N * s->in, s->dropout, dropout_key(a, ctx));
+        adapter_dropout_apply(xd, inp, (size_t)N * s->in, s->dropout,
+                              adapter_dropout_key(a, ctx));
         src = xd;
     }
     /* dQ (r,in) += duᵀ · x_drop */
     gemm(1, 0, r, s->in, N, 1.0f, dw, r, src, s->in, 1.0f, s->dA, s->in);
-    if (!dinp) return;
-    if (!dropped) {
-        gemm(0, 0, N, s->in, r, 1.0f, dw, r, s->A, s->in, 1.0f, dinp, s->in);
-        return;
-    }
-    /* dx = (du · Q) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
-    gemm(0, 0, N, s->in, r, 1.0f, dw, r, s->A, s->in, 0.0f, xd, s->in);
-    uint64_t key  = dropout_key(a, ctx);
-    float    keep = 1.0f / (1.0f - s->dropout);
-    size_t   n    = (size_t)N * s->in;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        if (rng_uniform(key, i) >= s->dropout) dinp[i] += xd[i] * keep;
+    /* dx += (du · Q) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
+    if (dinp)
+        adapter_input_grad(dinp, dw, s->A, N, r, s->in, dropped, s->dropout,
+                           adapter_dropout_key(a, ctx), xd);
 }
 
 static lora_status ada_reserve(adapter *a, const linear *site, int N, size_t *scratch,

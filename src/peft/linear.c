@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/kernels.h"
+#include "core/rng.h"
 
 void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx) {
     matmul_forward(out, inp, site->w, site->b, N, site->in, site->out);
@@ -37,4 +38,34 @@ void linear_free_adapters(linear *site) {
         if (a->ops && a->ops->free) a->ops->free(a);
     }
     site->n_adapters = 0;
+}
+
+/* ---- helpers shared by low-rank adapters ---- */
+
+int adapter_dropout_on(const peft_ctx *ctx, float p) {
+    return ctx->training && p > 0.0f;
+}
+
+uint64_t adapter_dropout_key(const adapter *a, const peft_ctx *ctx) {
+    return rng_key(ctx->seed, 0x10000u + a->uid, ctx->pass);
+}
+
+void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key) {
+    float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = rng_uniform(key, i) >= p ? x[i] * keep_scale : 0.0f;
+}
+
+void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int r, int in,
+                        int dropped, float p, uint64_t key, float *scratch) {
+    if (!dropped) {
+        gemm(0, 0, N, in, r, 1.0f, du, r, A, in, 1.0f, dinp, in);
+        return;
+    }
+    gemm(0, 0, N, in, r, 1.0f, du, r, A, in, 0.0f, scratch, in);
+    float  keep = 1.0f / (1.0f - p);
+    size_t n    = (size_t)N * (size_t)in;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        if (rng_uniform(key, i) >= p) dinp[i] += scratch[i] * keep;
 }

@@ -74,6 +74,19 @@ void linear_forward(linear *site, float *out, const float *inp, int N, const pef
 /* dinp (N, in) += dout · W0ᵀ + adapters' dX (dinp may be NULL); trainable grads accumulate. */
 void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
                      const peft_ctx *ctx);
+/* ---- helpers shared by low-rank adapters (LoRA, AdaLoRA) ---- */
+
+/* Whether this pass drops the adapter's input, and the stream its mask is drawn from: masks are
+ * regenerated from (seed, adapter id, pass) in backward instead of being stored. */
+int      adapter_dropout_on(const peft_ctx *ctx, float p);
+uint64_t adapter_dropout_key(const adapter *a, const peft_ctx *ctx);
+/* out (n) = x ⊙ mask / (1 - p). */
+void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key);
+/* dinp (N, in) += (du (N, r) · A (r, in)) ⊙ mask / (1 - p), the mask only when dropped; the
+ * masked case goes through scratch (N * in floats). */
+void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int r, int in,
+                        int dropped, float p, uint64_t key, float *scratch);
+
 /* Appends an adapter (its ops and state already set); LORA_ERR_STATE when the site is full. */
 lora_status linear_attach(linear *site, const adapter *a, lora_error *err);
 void        linear_free_adapters(linear *site);

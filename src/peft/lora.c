@@ -27,24 +27,14 @@ typedef struct lora_state {
     int32_t n_max;
 } lora_state;
 
-/* x_drop (N, in) = x ⊙ mask / (1 - p), the mask regenerated from the pass counter. */
-static void dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key) {
-    float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = rng_uniform(key, i) >= p ? x[i] * keep_scale : 0.0f;
-}
-
-static uint64_t dropout_key(const adapter *a, const peft_ctx *ctx) {
-    return rng_key(ctx->seed, 0x10000u + a->uid, ctx->pass);
-}
-
 static void lora_forward(adapter *a, const linear *site, float *out, const float *inp, int N,
                          const peft_ctx *ctx) {
     lora_state  *s   = a->state;
     const float *src = inp;
     LORA_ASSERT(N <= s->n_max);
-    if (ctx->training && s->dropout > 0.0f) {
-        dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout, dropout_key(a, ctx));
+    if (adapter_dropout_on(ctx, s->dropout)) {
+        adapter_dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout,
+                              adapter_dropout_key(a, ctx));
         src = ctx->scratch;
     }
     /* u (N,r) = x · Aᵀ;  out[:, off:off+len] += s · u · Bᵀ */
@@ -55,7 +45,7 @@ static void lora_forward(adapter *a, const linear *site, float *out, const float
 static void lora_backward(adapter *a, const linear *site, float *dinp, const float *dout,
                           const float *inp, int N, const peft_ctx *ctx) {
     lora_state  *s       = a->state;
-    int          dropped = ctx->training && s->dropout > 0.0f;
+    int          dropped = adapter_dropout_on(ctx, s->dropout);
     float       *xd      = ctx->scratch;                     /* (N, in) */
     float       *du      = ctx->scratch + (size_t)N * s->in; /* (N, r) */
     const float *dslice  = dout + a->off;                    /* (N, len), row stride site->out */
@@ -64,24 +54,16 @@ static void lora_backward(adapter *a, const linear *site, float *dinp, const flo
     gemm(0, 0, N, s->r, s->len, s->scale, dslice, site->out, s->B, s->r, 0.0f, du, s->r);
     gemm(1, 0, s->len, s->r, N, s->scale, dslice, site->out, s->u, s->r, 1.0f, s->dB, s->r);
     if (dropped) {
-        dropout_apply(xd, inp, (size_t)N * s->in, s->dropout, dropout_key(a, ctx));
+        adapter_dropout_apply(xd, inp, (size_t)N * s->in, s->dropout,
+                              adapter_dropout_key(a, ctx));
         src = xd;
     }
     /* dA (r,in) += duᵀ · x_drop */
     gemm(1, 0, s->r, s->in, N, 1.0f, du, s->r, src, s->in, 1.0f, s->dA, s->in);
-    if (!dinp) return;
-    if (!dropped) {
-        gemm(0, 0, N, s->in, s->r, 1.0f, du, s->r, s->A, s->in, 1.0f, dinp, s->in);
-        return;
-    }
-    /* dx = (du · A) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
-    gemm(0, 0, N, s->in, s->r, 1.0f, du, s->r, s->A, s->in, 0.0f, xd, s->in);
-    uint64_t key  = dropout_key(a, ctx);
-    float    keep = 1.0f / (1.0f - s->dropout);
-    size_t   n    = (size_t)N * s->in;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        if (rng_uniform(key, i) >= s->dropout) dinp[i] += xd[i] * keep;
+    /* dx += (du · A) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
+    if (dinp)
+        adapter_input_grad(dinp, du, s->A, N, s->r, s->in, dropped, s->dropout,
+                           adapter_dropout_key(a, ctx), xd);
 }
 
 static lora_status lora_reserve(adapter *a, const linear *site, int N, size_t *scratch,
