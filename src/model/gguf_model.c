@@ -390,27 +390,6 @@ static lora_status read_config(const gguf_file *f, lora_config *c, lora_error *e
     return LORA_OK;
 }
 
-/* Names the linear sites as gpt2.c does for a loaded directory. */
-static void name_sites(lora_model *m) {
-    const lora_config *c = &m->cfg;
-    for (int32_t l = 0; l < c->n_layer; l++) {
-        gpt2_layer *ly = &m->layers[l];
-        struct {
-            linear     *s;
-            const char *nm;
-            int32_t     in, out;
-        } sites[4] = {{&ly->c_attn, "attn.c_attn", c->n_embd, 3 * c->n_embd},
-                      {&ly->attn_proj, "attn.c_proj", c->n_embd, c->n_embd},
-                      {&ly->c_fc, "mlp.c_fc", c->n_embd, c->n_inner},
-                      {&ly->mlp_proj, "mlp.c_proj", c->n_inner, c->n_embd}};
-        for (int i = 0; i < 4; i++) {
-            snprintf(sites[i].s->name, LINEAR_NAME_MAX, "h.%d.%s", (int)l, sites[i].nm);
-            sites[i].s->in  = sites[i].in;
-            sites[i].s->out = sites[i].out;
-        }
-    }
-}
-
 /* Checks every tensor, then copies them all into one owned F32 buffer. */
 static lora_status load_tensors(lora_model *m, const gguf_file *f, lora_error *err) {
     size_t              n     = gg_slots(m, NULL);
@@ -510,7 +489,7 @@ lora_status lora_model_load_gguf(const char *path, lora_model **out, lora_error 
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-    name_sites(m);
+    gpt2_init_sites(m);
     if ((st = load_tensors(m, &f, err)) != LORA_OK) goto fail;
     m->ctx.seed = 42;
     gguf_close(&f);

@@ -158,7 +158,7 @@ done:
     return st;
 }
 
-static void init_sites(lora_model *m) {
+void gpt2_init_sites(lora_model *m) {
     const lora_config *c = &m->cfg;
     for (int32_t l = 0; l < c->n_layer; l++) {
         gpt2_layer *ly = &m->layers[l];
@@ -200,7 +200,7 @@ lora_status lora_model_load(const char *dir, lora_model **out, lora_error *err) 
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
         goto fail;
     }
-    init_sites(m);
+    gpt2_init_sites(m);
     if ((st = load_weights(m, err)) != LORA_OK) goto fail;
     m->ctx.seed = 42;
     *out        = m;

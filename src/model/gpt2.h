@@ -81,6 +81,10 @@ struct lora_model {
     int32_t n_counted;
 };
 
+/* Names every linear site ("h.N.attn.c_attn", ...) and sets its shape from m->cfg; for loaders
+ * that have allocated m->layers. */
+void gpt2_init_sites(lora_model *m);
+
 /* Re-plans activations if the PEFT scratch requirement grew (after attaching adapters). */
 lora_status gpt2_replan(lora_model *m, lora_error *err);
 
