@@ -117,12 +117,8 @@ static void ada_backward(adapter *a, const linear *site, float *dinp, const floa
 static lora_status ada_reserve(adapter *a, const linear *site, int N, size_t *scratch,
                                lora_error *err) {
     ada_site *s = a->state;
-    if (N > s->n_max) {
-        float *u = realloc(s->u, (size_t)N * (size_t)s->r * sizeof(float));
-        if (!u) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
-        s->u     = u;
-        s->n_max = N;
-    }
+    lora_status st = adapter_reserve_rows(&s->u, &s->n_max, N, s->r, site, err);
+    if (st != LORA_OK) return st;
     *scratch = (size_t)N * (size_t)(s->in + 2 * s->r);
     return LORA_OK;
 }

@@ -5,6 +5,8 @@
 #include "core/kernels.h"
 #include "core/rng.h"
 
+#include <stdlib.h>
+
 void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx) {
     matmul_forward(out, inp, site->w, site->b, N, site->in, site->out);
     for (int32_t i = 0; i < site->n_adapters; i++) {
@@ -68,4 +70,14 @@ void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         if (rng_uniform(key, i) >= p) dinp[i] += scratch[i] * keep;
+}
+
+lora_status adapter_reserve_rows(float **buf, int32_t *n_max, int N, int32_t r,
+                                 const linear *site, lora_error *err) {
+    if (N <= *n_max) return LORA_OK;
+    float *u = realloc(*buf, (size_t)N * (size_t)r * sizeof(float));
+    if (!u) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
+    *buf   = u;
+    *n_max = N;
+    return LORA_OK;
 }

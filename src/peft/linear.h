@@ -87,6 +87,11 @@ void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64
 void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int r, int in,
                         int dropped, float p, uint64_t key, float *scratch);
 
+/* Grows a per-pass (rows, r) buffer to hold at least N rows (*n_max rows now); keeps it when big
+ * enough. For an adapter's reserve. */
+lora_status adapter_reserve_rows(float **buf, int32_t *n_max, int N, int32_t r,
+                                 const linear *site, lora_error *err);
+
 /* Appends an adapter (its ops and state already set); LORA_ERR_STATE when the site is full. */
 lora_status linear_attach(linear *site, const adapter *a, lora_error *err);
 void        linear_free_adapters(linear *site);

@@ -69,12 +69,8 @@ static void lora_backward(adapter *a, const linear *site, float *dinp, const flo
 static lora_status lora_reserve(adapter *a, const linear *site, int N, size_t *scratch,
                                 lora_error *err) {
     lora_state *s = a->state;
-    if (N > s->n_max) {
-        float *u = realloc(s->u, (size_t)N * (size_t)s->r * sizeof(float));
-        if (!u) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", site->name);
-        s->u     = u;
-        s->n_max = N;
-    }
+    lora_status st = adapter_reserve_rows(&s->u, &s->n_max, N, s->r, site, err);
+    if (st != LORA_OK) return st;
     *scratch = (size_t)N * (size_t)(s->in + s->r);
     return LORA_OK;
 }
