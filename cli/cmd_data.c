@@ -42,7 +42,7 @@ static void e2e_usage(FILE *out) {
             "  --seed S      random seed, 0 .. 2^64-1 (default 1)\n"
             "  --train N     training (MR, sentence) pairs (default 3000)\n"
             "  --dev N       development pairs (default 300)\n"
-            "  --test N      test MRs, 3 to 6 references each (default 100)\n"
+            "  --test N      test MRs, 5 to 10 references each (default 100)\n"
             "  -h, --help    this help\n");
 }
 

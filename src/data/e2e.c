@@ -829,11 +829,18 @@ static phrases FAMILY_ALONE[2] = {
      "It is adults only.", "No children are allowed.", "It is not suitable for children."}};
 
 /* clang-format on */
+/*
+ * One of the phrases, Zipf-weighted (the i-th with weight 1 / (i + 1)): people describing a
+ * venue mostly reuse the common wording, as the E2E references do, and reach for the rarer
+ * paraphrases less often. The lists put the plainest wording first.
+ */
 static const char *pick(uint64_t *rng, const char *const *opts) {
-    int n = 0;
-    while (n < MAXOPT && opts[n])
+    int w[MAXOPT], n = 0;
+    while (n < MAXOPT && opts[n]) {
+        w[n] = 27720 / (n + 1); /* 27720 = lcm(1..12) */
         n++;
-    return n ? opts[rnd_int(rng, n)] : NULL;
+    }
+    return n ? opts[rnd_weighted(rng, w, n)] : NULL;
 }
 
 /* ---- the grammar: writing a reference ---- */
@@ -1711,7 +1718,7 @@ static int key_set_add(key_set *s, uint64_t key) {
 }
 
 lora_e2e_params lora_e2e_params_default(void) {
-    lora_e2e_params p = {1, 3000, 300, 100, 2, 6, 3, 6};
+    lora_e2e_params p = {1, 3000, 300, 100, 2, 6, 5, 10};
     return p;
 }
 

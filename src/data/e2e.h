@@ -148,7 +148,8 @@ typedef struct lora_e2e_params {
     int32_t  n_test;         /* test MRs (default 100) */
     int32_t  train_refs_min; /* references per train/dev MR (default 2..6) */
     int32_t  train_refs_max;
-    int32_t  test_refs_min; /* references per test MR (default 3..6) */
+    int32_t  test_refs_min; /* references per test MR (default 5..10, mean 7.5: E2E's test set has
+                              * 4,693 references for 630 MRs, 7.4 each) */
     int32_t  test_refs_max;
 } lora_e2e_params;
 

@@ -248,12 +248,48 @@ int64_t lora_model_n_base_params(const lora_model *m) {
 
 /* ---- activation planning ---- */
 
-/* Floats of activations per (B, T); the single source for reserve and the memory estimate. */
-static size_t act_floats_for(const lora_config *c, size_t B, size_t T, size_t peft_scratch) {
+/*
+ * Which linear inputs a layer keeps for backward. A site needs its input after the forward pass
+ * only for a weight gradient (dW, or an adapter's dA); a frozen site without adapters computes
+ * dX = dY · W0ᵀ alone, so its input (ln1, atty, ln2, gelu(fch)) can live in one buffer shared by
+ * every layer. For LoRA on q,v that drops 6 of every 16 per-token floats of a layer.
+ */
+enum { KEEP_LN1 = GPT2_KEEP_LN1, KEEP_ATTY = GPT2_KEEP_ATTY, KEEP_LN2 = GPT2_KEEP_LN2,
+       KEEP_GELU = GPT2_KEEP_GELU, KEEP_ALL = GPT2_KEEP_ALL };
+
+static int site_needs_input(const linear *s) {
+    return s->dw != NULL || s->n_adapters > 0;
+}
+
+static uint8_t layer_keep(const gpt2_layer *ly) {
+    return (uint8_t)((site_needs_input(&ly->c_attn) ? KEEP_LN1 : 0) |
+                     (site_needs_input(&ly->attn_proj) ? KEEP_ATTY : 0) |
+                     (site_needs_input(&ly->c_fc) ? KEEP_LN2 : 0) |
+                     (site_needs_input(&ly->mlp_proj) ? KEEP_GELU : 0));
+}
+
+/* Floats of one layer's kept activations per row, given its keep mask. */
+static size_t layer_row_floats(size_t C, size_t F, unsigned keep) {
+    size_t n = 2 + 3 * C + C + 2 + F + C; /* ln1 stats, qkv, res2, ln2 stats, fch, res3 */
+    if (keep & KEEP_LN1) n += C;
+    if (keep & KEEP_ATTY) n += C;
+    if (keep & KEEP_LN2) n += C;
+    if (keep & KEEP_GELU) n += F;
+    return n;
+}
+
+/*
+ * Floats of activations per (B, T) with per-layer keep masks (NULL: keep everything); the single
+ * source for reserve and the memory estimate.
+ */
+static size_t act_floats_for(const lora_config *c, size_t B, size_t T, size_t peft_scratch,
+                             const uint8_t *keep) {
     size_t N = B * T, C = (size_t)c->n_embd, F = (size_t)c->n_inner, NH = (size_t)c->n_head;
     size_t V = (size_t)c->vocab_size;
-    size_t per_layer = N * (C + 2 + 3 * C + C + C + C + 2 + 2 * F + C) + B * NH * T * T;
-    size_t total = N * C + (size_t)c->n_layer * per_layer + N * (C + 2) + N * V + 2 * N;
+    size_t total = N * C + N * (C + 2) + N * V + 2 * N;
+    for (int32_t l = 0; l < c->n_layer; l++)
+        total += N * layer_row_floats(C, F, keep ? keep[l] : KEEP_ALL) + B * NH * T * T;
+    total += N * (C + F); /* the shared inputs of frozen sites: one (N, C) and one (N, F) */
     /* backward: dres, dln, dqkv, datty, dfch_a, dfch_b, attention scratch, peft scratch */
     total += N * (C + C + 3 * C + C + 2 * F) + attention_scratch_floats((int)B, (int)T, (int)NH);
     total += peft_scratch;
@@ -280,10 +316,16 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
             }
     }
 
-    size_t total = act_floats_for(c, (size_t)B, (size_t)T, scratch), bytes;
-    if (!lora_mul_ok(total, sizeof(float), &bytes))
+    uint8_t *keep = malloc(c->n_layer > 0 ? (size_t)c->n_layer : 1);
+    if (!keep) return lora_errorf(err, LORA_ERR_NOMEM, "activations: out of memory");
+    for (int32_t l = 0; l < c->n_layer; l++)
+        keep[l] = layer_keep(&m->layers[l]);
+    size_t total = act_floats_for(c, (size_t)B, (size_t)T, scratch, keep), bytes;
+    if (!lora_mul_ok(total, sizeof(float), &bytes)) {
+        free(keep);
         return lora_errorf(err, LORA_ERR_NOMEM, "activations for B=%d T=%d overflow", (int)B,
                            (int)T);
+    }
     float           *mem  = malloc(bytes);
     gpt2_layer_acts *la   = calloc((size_t)c->n_layer, sizeof *la);
     int32_t         *toks = malloc(N * 2 * sizeof(int32_t));
@@ -291,6 +333,7 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
         free(mem);
         free(la);
         free(toks);
+        free(keep);
         return lora_errorf(err, LORA_ERR_NOMEM,
                            "cannot allocate %.1f MiB of activations for B=%d T=%d (hint: lower "
                            "--batch or --seq-len)",
@@ -308,20 +351,24 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
     float *p = mem;
 #define TAKE(ptr, n) (ptr = p, p += (n))
     TAKE(m->encoded, N * C);
+    float *shared_c, *shared_f; /* inputs of frozen sites, overwritten layer after layer */
+    TAKE(shared_c, N * C);
+    TAKE(shared_f, N * F);
     for (int32_t l = 0; l < c->n_layer; l++) {
         gpt2_layer_acts *a = &la[l];
-        TAKE(a->ln1, N * C);
+        unsigned         k = keep[l];
+        if (k & KEEP_LN1) TAKE(a->ln1, N * C); else a->ln1 = shared_c;
         TAKE(a->ln1_mean, N);
         TAKE(a->ln1_rstd, N);
         TAKE(a->qkv, N * 3 * C);
-        TAKE(a->atty, N * C);
+        if (k & KEEP_ATTY) TAKE(a->atty, N * C); else a->atty = shared_c;
         TAKE(a->att, (size_t)B * NH * T * T);
         TAKE(a->res2, N * C);
-        TAKE(a->ln2, N * C);
+        if (k & KEEP_LN2) TAKE(a->ln2, N * C); else a->ln2 = shared_c;
         TAKE(a->ln2_mean, N);
         TAKE(a->ln2_rstd, N);
         TAKE(a->fch, N * F);
-        TAKE(a->fch_gelu, N * F);
+        if (k & KEEP_GELU) TAKE(a->fch_gelu, N * F); else a->fch_gelu = shared_f;
         TAKE(a->res3, N * C);
     }
     TAKE(m->lnf, N * C);
@@ -339,6 +386,7 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
     TAKE(m->att_scratch, attention_scratch_floats((int)B, (int)T, (int)NH));
     TAKE(m->peft_scratch, scratch);
 #undef TAKE
+    free(keep);
     LORA_ASSERT((size_t)(p - mem) == total);
     m->peft_scratch_floats = scratch;
     m->ctx.scratch         = m->peft_scratch;
@@ -368,8 +416,10 @@ lora_status gpt2_replan(lora_model *m, lora_error *err) {
     return plan_activations(m, m->B_max, m->T_max, err);
 }
 
-int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch) {
-    return (int64_t)(act_floats_for(c, (size_t)B, (size_t)T, peft_scratch) * sizeof(float));
+int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch,
+                              const uint8_t *keep) {
+    return (int64_t)(act_floats_for(c, (size_t)B, (size_t)T, peft_scratch, keep) *
+                     sizeof(float));
 }
 
 /* ---- forward ---- */

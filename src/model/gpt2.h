@@ -88,7 +88,14 @@ void gpt2_init_sites(lora_model *m);
 /* Re-plans activations if the PEFT scratch requirement grew (after attaching adapters). */
 lora_status gpt2_replan(lora_model *m, lora_error *err);
 
-/* Bytes of activations (forward storage, backward buffers, PEFT scratch) for B x T. */
-int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch);
+/* Which linear inputs of a layer are kept for backward (the others share one buffer): a
+ * site keeps its input only when it has a weight gradient or adapters. */
+enum { GPT2_KEEP_LN1 = 1, GPT2_KEEP_ATTY = 2, GPT2_KEEP_LN2 = 4, GPT2_KEEP_GELU = 8,
+       GPT2_KEEP_ALL = 15 };
+
+/* Bytes of activations (forward storage, backward buffers, PEFT scratch) for B x T, with each
+ * layer's GPT2_KEEP_* mask (keep[n_layer]; NULL: every input kept). */
+int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch,
+                              const uint8_t *keep);
 
 #endif

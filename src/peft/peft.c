@@ -209,9 +209,11 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     int64_t base = V * C + (int64_t)c->n_positions * C + 2 * C +
                    L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * C * F + F + C);
     if (!c->tie_word_embeddings) base += V * C;
-    int64_t trainable = 0, adapter_acts = 0, scratch = 0;
+    int64_t  trainable = 0, adapter_acts = 0, scratch = 0;
+    unsigned keep      = 0; /* GPT2_KEEP_* inputs every layer keeps for backward */
     if (p->method == LORA_METHOD_FULL) {
         trainable = base;
+        keep      = GPT2_KEEP_ALL;
     } else if (p->method == LORA_METHOD_BITFIT) {
         trainable = C + L * (C + 3 * C + C + C + F + C);
     } else {
@@ -219,12 +221,17 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
         struct {
             uint32_t bit;
             int64_t  in, len;
-        } s[] = {{LORA_TARGET_C_ATTN, C, 3 * C}, {LORA_TARGET_Q, C, C},
-                 {LORA_TARGET_K, C, C},          {LORA_TARGET_V, C, C},
-                 {LORA_TARGET_ATTN_PROJ, C, C},  {LORA_TARGET_MLP_FC, C, F},
-                 {LORA_TARGET_MLP_PROJ, F, C}};
+            unsigned keep;
+        } s[] = {{LORA_TARGET_C_ATTN, C, 3 * C, GPT2_KEEP_LN1},
+                 {LORA_TARGET_Q, C, C, GPT2_KEEP_LN1},
+                 {LORA_TARGET_K, C, C, GPT2_KEEP_LN1},
+                 {LORA_TARGET_V, C, C, GPT2_KEEP_LN1},
+                 {LORA_TARGET_ATTN_PROJ, C, C, GPT2_KEEP_ATTY},
+                 {LORA_TARGET_MLP_FC, C, F, GPT2_KEEP_LN2},
+                 {LORA_TARGET_MLP_PROJ, F, C, GPT2_KEEP_GELU}};
         for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
             if (p->targets & s[i].bit) {
+                keep |= s[i].keep;
                 trainable += L * r * (s[i].in + s[i].len);
                 adapter_acts += L * N * r;
                 if (N * (s[i].in + r) > scratch) scratch = N * (s[i].in + r);
@@ -232,8 +239,12 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     }
     out->weights_bytes    = base * (int64_t)sizeof(float); /* F16/BF16 become F32 at load */
     out->trainable_bytes  = trainable * 4 * (int64_t)sizeof(float);
-    out->activation_bytes = gpt2_activation_bytes(c, B, T, (size_t)scratch) +
+    uint8_t *keeps = malloc(L > 0 ? (size_t)L : 1);
+    if (!keeps) return lora_errorf(err, LORA_ERR_NOMEM, "estimate: out of memory");
+    memset(keeps, (int)keep, (size_t)L);
+    out->activation_bytes = gpt2_activation_bytes(c, B, T, (size_t)scratch, keeps) +
                             adapter_acts * (int64_t)sizeof(float);
+    free(keeps);
     out->total_bytes      = out->weights_bytes + out->trainable_bytes + out->activation_bytes;
     return LORA_OK;
 }

@@ -90,7 +90,7 @@ static void check_dataset(const lora_e2e_dataset *ds, int report) {
             int held = name >= 0 && it->mr.value[LORA_E2E_FOOD] == ds->heldout_food[name];
             if (sp == LORA_E2E_TEST) {
                 heldout_in_test += held;
-                if (it->n_refs < 3 || it->n_refs > 6) refs_out_of_range++;
+                if (it->n_refs < 5 || it->n_refs > 10) refs_out_of_range++;
             } else {
                 heldout_in_train += held;
             }
@@ -125,7 +125,7 @@ static void check_dataset(const lora_e2e_dataset *ds, int report) {
                heldout_in_train);
     test_condf(heldout_in_test * 5 >= ds->split[LORA_E2E_TEST].n_items * 2,
                "only %d test MRs use a held-out pair", heldout_in_test);
-    test_condf(refs_out_of_range == 0, "%d test MRs outside 3..6 references", refs_out_of_range);
+    test_condf(refs_out_of_range == 0, "%d test MRs outside 5..10 references", refs_out_of_range);
 
     /* no MR twice, within or across splits */
     qsort(keys, n_mr, sizeof *keys, cmp_str);

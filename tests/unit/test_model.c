@@ -327,6 +327,26 @@ static void test_estimate(void) {
     test_condf((int64_t)(m->act_floats * sizeof(float)) + lora_u == lo.activation_bytes,
                "activation estimate %lld vs planned %lld", (long long)lo.activation_bytes,
                (long long)(m->act_floats * sizeof(float)) + lora_u);
+    /* LoRA on q,v: c_proj, c_fc and mlp.c_proj are frozen without adapters, so their inputs
+     * share one buffer across layers; c_attn's input (ln1) is kept per layer */
+    test_cond("q,v: ln1 kept per layer", m->la[0].ln1 != m->la[1].ln1);
+    test_cond("q,v: atty, ln2 shared", m->la[0].atty == m->la[1].atty &&
+                                           m->la[0].ln2 == m->la[1].ln2 &&
+                                           m->la[0].atty == m->la[0].ln2);
+    test_cond("q,v: gelu shared", m->la[0].fch_gelu == m->la[1].fch_gelu);
+    lora_model_free(m);
+    m        = load_tiny("est_full", 0);
+    p.method = LORA_METHOD_FULL;
+    lora_model_attach(m, &p, &err);
+    lora_model_reserve(m, 2, 16, &err);
+    test_cond("full: every input kept", m->la[0].atty != m->la[1].atty &&
+                                            m->la[0].ln2 != m->la[1].ln2 &&
+                                            m->la[0].fch_gelu != m->la[1].fch_gelu);
+    lora_memory_estimate fe;
+    lora_estimate_memory(&c, &p, 2, 16, &fe, &err);
+    test_condf((int64_t)(m->act_floats * sizeof(float)) == fe.activation_bytes,
+               "full: activation estimate %lld vs planned %lld", (long long)fe.activation_bytes,
+               (long long)(m->act_floats * sizeof(float)));
     lora_model_free(m);
 }
 
