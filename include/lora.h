@@ -487,9 +487,10 @@ lora_status lora_model_save_hf_atomic(lora_model *m, const char *dir, lora_dtype
  * layout to nn.Linear's (out, in), and the tokenizer of tokenizer_dir (NULL: the model's
  * directory) as tokenizer.ggml.* (model "gpt2", pre "gpt-2", tokens padded with "[PADn]" up to
  * the model's vocabulary, merges, token types, bos/eos = "<|endoftext|>"). dtype F16 or BF16
- * narrows the 2-D weights; 1-D tensors stay F32. Attached adapters are not merged. llama.cpp's
- * GPT-2 graph uses the tanh GELU whatever the config says. Atomic write. LORA_ERR_MISSING when
- * no tokenizer is found, LORA_ERR_SHAPE when it has more tokens than the model's vocabulary.
+ * narrows the 2-D weights; 1-D tensors stay F32. Adapters are not merged unless the model is
+ * (lora_model_merge: then the merged weights are written). llama.cpp's GPT-2 graph uses the
+ * tanh GELU whatever the config says. Atomic write. LORA_ERR_MISSING when no tokenizer is
+ * found, LORA_ERR_SHAPE when it has more tokens than the model's vocabulary.
  */
 lora_status lora_model_save_gguf(lora_model *m, const char *path, lora_dtype dtype,
                                  const char *tokenizer_dir, lora_error *err);
