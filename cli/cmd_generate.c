@@ -1,7 +1,8 @@
 /*
  * cmd_generate.c — `lora generate`: continues a prompt, or every line of a prompts file, with a
- * model (and optionally a PEFT adapter). Sampling and greedy decoding of one prompt stream the
- * text as tokens are drawn; beam search prints the best hypothesis at the end.
+ * model (and optionally PEFT adapters, unmerged or merged). Sampling and greedy decoding of
+ * one prompt stream the text as tokens are drawn; beam search prints the best hypothesis at
+ * the end.
  *
  * A thin front end: prompts are encoded by the tokenizer, the tokens come from the KV-cache
  * decoder, the sampler and the beam search of lora.h. What is here: option parsing, stop
@@ -34,7 +35,10 @@ static void generate_usage(FILE *out) {
             "options:\n"
             "  --model DIR         Hugging Face GPT-2 directory (required)\n"
             "  --tokenizer DIR     tokenizer.json or vocab.json + merges.txt (default: --model)\n"
-            "  --adapter DIR       a PEFT LoRA adapter directory to apply\n"
+            "  --adapter DIR[:S]   a PEFT LoRA or AdaLoRA adapter directory to apply, scaled\n"
+            "                      by S (default 1); repeatable: the adapters are summed\n"
+            "  --merge             fold the adapters into the weights before decoding (the\n"
+            "                      speed of the base model; same text to rounding)\n"
             "  --prompt TEXT       the prompt (<|endoftext|> in it is the special token)\n"
             "  --prompt-file F     read the prompt from F ('-' for stdin)\n"
             "  --prompts-file F    one prompt per line of F ('-' for stdin); writes one\n"
@@ -580,7 +584,7 @@ int cmd_generate(int argc, char **argv) {
     enum {
         O_MODEL = 256, O_TOKENIZER, O_ADAPTER, O_PROMPT, O_PROMPT_FILE, O_PROMPTS_FILE,
         O_MAX_NEW, O_TEMPERATURE, O_TOP_K, O_TOP_P, O_SEED, O_GREEDY, O_STOP, O_IDS, O_BEAMS,
-        O_LENGTH_PENALTY, O_NO_REPEAT, O_EARLY, O_BATCH
+        O_LENGTH_PENALTY, O_NO_REPEAT, O_EARLY, O_BATCH, O_MERGE
     };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
@@ -602,9 +606,13 @@ int cmd_generate(int argc, char **argv) {
         {"no-repeat-ngram", required_argument, 0, O_NO_REPEAT},
         {"early-stopping", required_argument, 0, O_EARLY},
         {"batch", required_argument, 0, O_BATCH},
+        {"merge", no_argument, 0, O_MERGE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    const char *model_dir = NULL, *tok_dir = NULL, *adapter_dir = NULL;
+    const char *model_dir = NULL, *tok_dir = NULL;
+    char      **ad_dirs = NULL;
+    float      *ad_scales = NULL;
+    int         n_ad = 0, merge = 0;
     const char *prompt = NULL, *prompt_file = NULL, *prompts_file = NULL;
     gen         g;
     lora_error  err;
@@ -620,8 +628,13 @@ int cmd_generate(int argc, char **argv) {
     g.bp                = lora_beam_params_default();
     g.bp.n_beams        = 1;
     g.o                 = &o;
-    o.stops = calloc((size_t)argc + 1, sizeof *o.stops);
-    if (!o.stops) {
+    o.stops   = calloc((size_t)argc + 1, sizeof *o.stops);
+    ad_dirs   = calloc((size_t)argc + 1, sizeof *ad_dirs);
+    ad_scales = calloc((size_t)argc + 1, sizeof *ad_scales);
+    if (!o.stops || !ad_dirs || !ad_scales) {
+        free(o.stops);
+        free(ad_dirs);
+        free(ad_scales);
         cli_error("generate", "out of memory");
         return 1;
     }
@@ -632,7 +645,17 @@ int cmd_generate(int argc, char **argv) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
         case O_TOKENIZER: tok_dir = optarg; break;
-        case O_ADAPTER: adapter_dir = optarg; break;
+        case O_ADAPTER: {
+            int has;
+            ad_scales[n_ad] = 1.0f;
+            if (cli_parse_adapter(optarg, &ad_dirs[n_ad], &ad_scales[n_ad], &has)) {
+                cli_error("generate", "--adapter needs DIR or DIR:SCALE, got '%s'", optarg);
+                goto cleanup;
+            }
+            n_ad++;
+            break;
+        }
+        case O_MERGE: merge = 1; break;
         case O_PROMPT: prompt = optarg; break;
         case O_PROMPT_FILE: prompt_file = optarg; break;
         case O_PROMPTS_FILE: prompts_file = optarg; break;
@@ -750,6 +773,10 @@ int cmd_generate(int argc, char **argv) {
         cli_error("generate", "--no-repeat-ngram needs --greedy (or --temperature 0) or --beams");
         goto cleanup;
     }
+    if (merge && n_ad == 0) {
+        cli_error("generate", "--merge needs at least one --adapter");
+        goto cleanup;
+    }
     if (batch && !prompts_file) {
         cli_error("generate", "--batch applies to --prompts-file");
         goto cleanup;
@@ -764,8 +791,19 @@ int cmd_generate(int argc, char **argv) {
         cli_error("generate", "%s: cannot read: %s", in, strerror(errno));
         goto cleanup;
     }
-    if (lora_model_load(model_dir, &g.m, &err) != LORA_OK ||
-        (adapter_dir && lora_adapter_load(g.m, adapter_dir, &err) != LORA_OK) ||
+    if (lora_model_load(model_dir, &g.m, &err) != LORA_OK) {
+        cli_error("generate", "%s", err.msg);
+        goto cleanup;
+    }
+    for (int i = 0; i < n_ad; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "adapter%d", i);
+        if (lora_adapter_add(g.m, ad_dirs[i], name, ad_scales[i], &err) != LORA_OK) {
+            cli_error("generate", "%s", err.msg);
+            goto cleanup;
+        }
+    }
+    if ((merge && lora_model_merge(g.m, &err) != LORA_OK) ||
         lora_tokenizer_load(tok_dir, &g.tok, &err) != LORA_OK) {
         cli_error("generate", "%s", err.msg);
         goto cleanup;
@@ -805,5 +843,8 @@ cleanup:
     free(o.pend);
     free(o.line);
     free(o.stops);
+    for (int i = 0; i < n_ad; i++) free(ad_dirs[i]);
+    free(ad_dirs);
+    free(ad_scales);
     return rc;
 }

@@ -29,6 +29,11 @@ int cmd_tokenizer_train(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+
+/* "DIR" or "DIR:SCALE" (a finite number after the last ':') into a malloc'd *dir, *scale and
+ * *has_scale; 0 on success, -1 for an empty DIR or out of memory. */
+int cli_parse_adapter(const char *arg, char **dir, float *scale, int *has_scale);
 
 /* Prints "lora <cmd>: <msg>" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

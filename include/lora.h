@@ -119,8 +119,9 @@ typedef enum lora_dtype {
  * Writes the model's current weights — trained values of full fine-tuning or BitFit included —
  * as a Hugging Face GPT-2 directory: config.json, model.safetensors (keys "transformer.*", the
  * tied head omitted) in `dtype`, and the tokenizer files of the source directory
- * (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)
- * copied when present. Each file is written atomically; DIR is created.
+ * (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json,
+ * generation_config.json) copied when present. Each file is written atomically; DIR is
+ * created. A merged model (lora_model_merge) is written with its merged weights.
  */
 lora_status lora_model_save_hf(lora_model *m, const char *dir, lora_dtype dtype,
                                lora_error *err);
@@ -387,6 +388,95 @@ lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_m
  */
 lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err);
 
+/* ---- inference adapters: several at once, merge, unmerge, switch ---- */
+
+/*
+ * Loads the adapter of a PEFT directory (LoRA — ours with block-structured q/v c_attn slices,
+ * or PEFT's — or AdaLoRA) as an inference adapter named `name` (NULL: dir as given), scaled by
+ * `scale` on top of its own alpha / r. Several can be loaded: their terms are summed,
+ * unmerged, in every forward and decoder step. The adapter owns its tensors; it is frozen and
+ * not in the trainable registry (lora_model_trainable, lora_adapter_save do not see it). An
+ * AdaLoRA directory is folded at load into plain low-rank A·B over its kept triplets
+ * (A' = diag(Λ ⊙ mask)·Q, B' = P) with scale lora_alpha / (ranknum + 1e-5).
+ *
+ * With a training method attached (lora_model_attach, lora_adapter_load), before or after:
+ * allowed. Inference adapters then act as a frozen part of the base (backward passes their dX,
+ * they get no gradient), the method's adapter is one more adapter on its sites, and
+ * lora_model_merge folds it in too, with its current values.
+ *
+ * Errors, with the model left as it was: the loaders' (LORA_ERR_MISSING for a missing
+ * directory or file, LORA_ERR_FORMAT for a malformed adapter_config.json, LORA_ERR_SHAPE for an
+ * adapter of another base model: the message names the tensor and both shapes and hints at the
+ * mismatch); LORA_ERR_ARG for a name already loaded or a non-finite scale; LORA_ERR_STATE when
+ * a site would carry more than 8 adapters (a q, k or v slice counts one, the attached method's
+ * included) or the model is merged (adding, removing and scaling are refused while merged:
+ * unmerge first, or use lora_adapter_switch).
+ */
+lora_status lora_adapter_add(lora_model *m, const char *dir, const char *name, float scale,
+                             lora_error *err);
+
+/* Removes the inference adapter `name` and frees it. LORA_ERR_MISSING when no adapter has that
+ * name (the message lists the loaded ones); LORA_ERR_STATE while merged. */
+lora_status lora_adapter_remove(lora_model *m, const char *name, lora_error *err);
+
+/* Sets the scale multiplier of adapter `name` (0 switches it off). Errors as remove's, and
+ * LORA_ERR_ARG for a non-finite scale. */
+lora_status lora_adapter_set_scale(lora_model *m, const char *name, float scale,
+                                   lora_error *err);
+
+/* One loaded inference adapter. */
+typedef struct lora_adapter_info {
+    const char *name;     /* valid until the adapter is removed */
+    const char *dir;      /* the directory it was read from */
+    const char *type;     /* "lora", or "adalora" (folded to low rank) */
+    float       scale;    /* the multiplier given to add / set_scale */
+    int32_t     n_sites;  /* adapted (site, output slice) pairs */
+    int64_t     n_params; /* elements of its A and B */
+} lora_adapter_info;
+
+/* Number of inference adapters, and the i-th in load order (LORA_ERR_ARG out of range). */
+int32_t     lora_model_n_adapters(const lora_model *m);
+lora_status lora_model_adapter(const lora_model *m, int32_t i, lora_adapter_info *info);
+
+/*
+ * Folds every adapter on the model (inference adapters with their scales, and an attached
+ * method's LoRA or AdaLoRA adapter) into the base weights: each adapted site gets an owned copy
+ * W = W0 + ΣΔW (copy-on-write: the mapped or converted W0 is never written) and its adapters
+ * stop contributing to the forward, so inference costs what the base model costs. The decoder,
+ * lora_model_save_hf and lora_model_save_gguf use the merged weights. While merged, training
+ * is refused with LORA_ERR_STATE (lora_model_backward, lora_model_step, a forward with targets
+ * in training mode, attaching a method, loading trainable values); a forward with targets in
+ * evaluation mode still gives the loss. LORA_ERR_STATE when already merged, LORA_ERR_NOMEM
+ * (the model left unmerged).
+ */
+lora_status lora_model_merge(lora_model *m, lora_error *err);
+
+/* Restores every merged site's original W0 pointer and frees the copies: the base weights are
+ * bit-identical to before the merge by construction. LORA_ERR_STATE when not merged. */
+lora_status lora_model_unmerge(lora_model *m, lora_error *err);
+
+/* 1 while merged. */
+int lora_model_is_merged(const lora_model *m);
+
+/*
+ * Replaces inference adapter old_name by the adapter in dir, named new_name (NULL: dir) with
+ * scale `scale`, without reloading the model: reads dir first (on any error of the read the
+ * model is left as it was), then, if merged, unmerges, removes the old adapter, adds the new
+ * one and merges again. LORA_ERR_MISSING for an unknown old_name. When the final merge runs
+ * out of memory the model is left unmerged with the new adapter.
+ */
+lora_status lora_adapter_switch(lora_model *m, const char *old_name, const char *dir,
+                                const char *new_name, float scale, lora_error *err);
+
+/*
+ * lora_model_save_hf into a temporary sibling directory DIR.tmp.<pid>, then renamed to DIR, so
+ * that DIR appears complete or not at all (a full disk leaves no DIR and no temporary). DIR's
+ * parent is created; DIR itself must not exist or be an empty directory (LORA_ERR_STATE
+ * otherwise). Merge first to write a merged model.
+ */
+lora_status lora_model_save_hf_atomic(lora_model *m, const char *dir, lora_dtype dtype,
+                                      lora_error *err);
+
 /* ---- GGUF ---- */
 
 /*
@@ -397,9 +487,10 @@ lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err);
  * layout to nn.Linear's (out, in), and the tokenizer of tokenizer_dir (NULL: the model's
  * directory) as tokenizer.ggml.* (model "gpt2", pre "gpt-2", tokens padded with "[PADn]" up to
  * the model's vocabulary, merges, token types, bos/eos = "<|endoftext|>"). dtype F16 or BF16
- * narrows the 2-D weights; 1-D tensors stay F32. Attached adapters are not merged. llama.cpp's
- * GPT-2 graph uses the tanh GELU whatever the config says. Atomic write. LORA_ERR_MISSING when
- * no tokenizer is found, LORA_ERR_SHAPE when it has more tokens than the model's vocabulary.
+ * narrows the 2-D weights; 1-D tensors stay F32. Adapters are not merged unless the model is
+ * (lora_model_merge: then the merged weights are written). llama.cpp's GPT-2 graph uses the
+ * tanh GELU whatever the config says. Atomic write. LORA_ERR_MISSING when no tokenizer is
+ * found, LORA_ERR_SHAPE when it has more tokens than the model's vocabulary.
  */
 lora_status lora_model_save_gguf(lora_model *m, const char *path, lora_dtype dtype,
                                  const char *tokenizer_dir, lora_error *err);
@@ -433,15 +524,17 @@ lora_status lora_model_load_gguf(const char *path, lora_model **out, lora_error 
  * A decoder runs the model's forward pass incrementally for n_seq independent sequences, each
  * of up to max_len tokens, keeping every layer's keys and values (a KV cache of
  * 2 x L x n_seq x max_len x C floats) so that each new token costs one row of work instead of a
- * forward over the whole sequence. Adapters attached to the model (LoRA, unmerged) are applied,
- * without dropout; logits equal lora_model_forward's at the same positions (to rounding).
+ * forward over the whole sequence. Adapters on the model (an attached method's, inference
+ * adapters) are applied unmerged, without dropout, or through the merged weights while
+ * merged; logits equal lora_model_forward's at the same positions (to rounding).
  *
  * The decoder BORROWS the model: free the decoder before the model. It shares the adapters'
  * per-pass buffers with the model, so its calls must not run concurrently with another decoder
  * or a forward/backward on the same model, nor fall between a lora_model_forward and its
  * lora_model_backward. Everything is allocated at lora_decoder_init; feeding and stepping
- * allocate nothing (except once, if a method is attached to the model after the decoder was
- * created). On failure a call returns the reason and leaves the decoder unchanged.
+ * allocate nothing (except once after adapters are attached, added or switched on the model
+ * after the decoder was created). On failure a call returns the reason and leaves the decoder
+ * unchanged.
  */
 typedef struct lora_decoder lora_decoder;
 

@@ -15,6 +15,7 @@ int main(void) {
     if (s == LORA_OK || m != NULL || strstr(err.msg, "/nonexistent/dir") == NULL) failed++;
     if (strcmp(lora_status_str(LORA_OK), "ok") != 0) failed++;
     lora_model_free(NULL);
-    printf("test_c_api: %d passed, %d failed\n", 4 - failed, failed);
+    if (lora_model_n_adapters(NULL) != 0 || lora_model_is_merged(NULL) != 0) failed++;
+    printf("test_c_api: %d passed, %d failed\n", 5 - failed, failed);
     return failed ? 1 : 0;
 }

@@ -59,25 +59,16 @@ struct lora_decoder {
 
     peft_ctx ctx;             /* training 0; scratch for the adapters' forward */
     float   *peft_scratch;    /* owned */
-    int32_t  n_adapters_seen; /* adapters on the model when they were last reserved */
+    uint32_t adapters_seen; /* the model's adapters_gen when they were last reserved */
 };
 
 /* ---- adapters' per-pass storage ---- */
 
-static int32_t count_adapters(const lora_model *m) {
-    int32_t n = 0;
-    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
-        const gpt2_layer *ly = &m->layers[l];
-        n += ly->c_attn.n_adapters + ly->attn_proj.n_adapters + ly->c_fc.n_adapters +
-             ly->mlp_proj.n_adapters;
-    }
-    return n;
-}
-
 /*
  * Makes every attached adapter's per-pass storage cover R_max rows (their reserve only ever
  * grows it, so the model's own plan is not disturbed) and sizes the shared scratch. Runs at
- * init and again only if the set of adapters changed since (a method attached afterwards).
+ * init and again only if the set of adapters changed since (a method attached, an adapter
+ * added, removed or switched).
  */
 static lora_status reserve_adapters(lora_decoder *d, lora_error *err) {
     lora_model *m    = d->m;
@@ -105,7 +96,7 @@ static lora_status reserve_adapters(lora_decoder *d, lora_error *err) {
         d->ctx.scratch        = p;
         d->ctx.scratch_floats = need;
     }
-    d->n_adapters_seen = count_adapters(m);
+    d->adapters_seen = m->adapters_gen;
     return LORA_OK;
 }
 
@@ -341,7 +332,7 @@ static lora_status check_tokens(lora_decoder *d, const int32_t *tokens, int32_t 
                                "decoder %s: token id %d at index %d is outside the vocabulary "
                                "[0, %d)",
                                what, (int)tokens[i], (int)i, (int)V);
-    if (count_adapters(d->m) != d->n_adapters_seen) return reserve_adapters(d, err);
+    if (d->m->adapters_gen != d->adapters_seen) return reserve_adapters(d, err);
     return LORA_OK;
 }
 

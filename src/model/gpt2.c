@@ -15,6 +15,7 @@
 #include "core/kernels.h"
 #include "io/fileutil.h"
 #include "io/hf_config.h"
+#include "peft/adapters.h"
 #include "peft/peft.h"
 
 #include <math.h>
@@ -212,6 +213,7 @@ fail:
 
 void lora_model_free(lora_model *m) {
     if (!m) return;
+    adapters_release(m); /* merged copies and the inference adapters' names */
     if (m->layers) {
         for (int32_t l = 0; l < m->cfg.n_layer; l++) {
             linear_free_adapters(&m->layers[l].c_attn);
@@ -441,6 +443,9 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
     const lora_config *c = &m->cfg;
     lora_status        st;
     if (!tokens) return lora_errorf(err, LORA_ERR_ARG, "forward: tokens is NULL");
+    if (m->merged && targets && m->ctx.training)
+        return lora_errorf(err, LORA_ERR_STATE, "forward: the model is merged, it cannot be "
+                           "trained (hint: lora_model_unmerge first)");
     if ((st = lora_model_reserve(m, B, T, err)) != LORA_OK) return st;
     int    N = B * T, C = c->n_embd, F = c->n_inner, NH = c->n_head, V = c->vocab_size;
     for (int i = 0; i < N; i++) {
@@ -514,6 +519,9 @@ lora_status lora_model_backward(lora_model *m, lora_error *err) {
     if (!m->attached)
         return lora_errorf(err, LORA_ERR_STATE,
                            "backward: no trainable parameters (attach a method first)");
+    if (m->merged)
+        return lora_errorf(err, LORA_ERR_STATE, "backward: the model is merged, it cannot be "
+                           "trained (hint: lora_model_unmerge first)");
     int B = m->B, T = m->T, N = B * T, C = c->n_embd, F = c->n_inner, NH = c->n_head;
     int V = c->vocab_size;
     size_t NC = (size_t)N * C, NF = (size_t)N * F;
@@ -604,8 +612,9 @@ void lora_model_weight_bytes(const lora_model *m, int64_t *mapped, int64_t *conv
 
 /* ---- writing a Hugging Face directory ---- */
 
-static const char *const tokenizer_files[] = {"tokenizer.json", "vocab.json", "merges.txt",
-                                              "tokenizer_config.json", "special_tokens_map.json"};
+static const char *const tokenizer_files[] = {"tokenizer.json",        "vocab.json",
+                                              "merges.txt",            "tokenizer_config.json",
+                                              "special_tokens_map.json", "generation_config.json"};
 
 lora_status lora_model_save_hf(lora_model *m, const char *dir, lora_dtype dtype,
                                lora_error *err) {

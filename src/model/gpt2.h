@@ -60,6 +60,9 @@ struct lora_model {
     tparams             tp;
     peft_ctx            ctx;
     float               label_smoothing;
+    struct named_set   *named;        /* inference adapters by name (adapters.c), or NULL */
+    int                 merged;       /* 1: the sites' adapters are folded into w (merge.c) */
+    uint32_t            adapters_gen; /* bumped whenever adapters are attached or removed */
 
     /* activations, planned for B_max x T_max */
     int32_t          B_max, T_max;

@@ -123,6 +123,17 @@ static lora_status ada_reserve(adapter *a, const linear *site, int N, size_t *sc
     return LORA_OK;
 }
 
+/* W[:, off:off+len] += scale · Qᵀ · diag(Λ) · Pᵀ, one rank-1 product per kept triplet (a
+ * pruned triplet has λ_i = 0 and adds nothing) */
+static void ada_merge(const adapter *a, const linear *site, float *w) {
+    const ada_site *s = a->state;
+    for (int32_t i = 0; i < s->r; i++) {
+        if (s->E[i] == 0.0f) continue;
+        gemm(1, 1, s->in, s->len, 1, s->scale * s->E[i], s->A + (size_t)i * s->in, s->in,
+             s->B + i, s->r, 1.0f, w + a->off, site->out);
+    }
+}
+
 static void ada_free_site(adapter *a) {
     ada_site *s = a->state;
     if (s) free(s->u);
@@ -136,6 +147,7 @@ static const adapter_ops adalora_adapter_ops = {
     .backward = ada_backward,
     .reserve  = ada_reserve,
     .free     = ada_free_site,
+    .merge    = ada_merge,
 };
 
 /* ---- the model-level state: the rank allocator ---- */

@@ -9,6 +9,7 @@
 
 void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx) {
     matmul_forward(out, inp, site->w, site->b, N, site->in, site->out);
+    if (site->w_merged) return; /* the adapters are folded into w */
     for (int32_t i = 0; i < site->n_adapters; i++) {
         adapter *a = &site->adapters[i];
         a->ops->forward(a, site, out, inp, N, ctx);
@@ -35,11 +36,26 @@ lora_status linear_attach(linear *site, const adapter *a, lora_error *err) {
 }
 
 void linear_free_adapters(linear *site) {
-    for (int32_t i = 0; i < site->n_adapters; i++) {
+    linear_truncate_adapters(site, 0);
+}
+
+void linear_truncate_adapters(linear *site, int32_t n) {
+    for (int32_t i = n; i < site->n_adapters; i++) {
         adapter *a = &site->adapters[i];
         if (a->ops && a->ops->free) a->ops->free(a);
     }
-    site->n_adapters = 0;
+    if (n < site->n_adapters) site->n_adapters = n;
+}
+
+int linear_detach(linear *site, const void *state) {
+    for (int32_t i = 0; i < site->n_adapters; i++) {
+        if (site->adapters[i].state != state) continue;
+        for (int32_t j = i + 1; j < site->n_adapters; j++)
+            site->adapters[j - 1] = site->adapters[j];
+        site->n_adapters--;
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- helpers shared by low-rank adapters ---- */

@@ -8,6 +8,7 @@
  *
  *   forward:  out = inp · W0 + b + Σ_adapters delta(inp)
  *   backward: dinp += dout · W0ᵀ (+ the adapters' dX); dW0 and db only when trainable.
+ *   merged:   out = inp · (W0 + Σ ΔW) + b, the adapters skipped (merge.c)
  *
  * Backward through a frozen W0 computes dX only — never dW, and no memory is held for one.
  * That is where LoRA's speed and memory advantage over full fine-tuning comes from.
@@ -20,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LINEAR_MAX_ADAPTERS 4
+#define LINEAR_MAX_ADAPTERS 8 /* q, k and v slices of c_attn count one each */
 #define LINEAR_NAME_MAX     48
 
 typedef struct linear       linear;
@@ -49,6 +50,10 @@ struct adapter_ops {
     lora_status (*reserve)(adapter *a, const linear *site, int N, size_t *scratch_floats,
                            lora_error *err);
     void (*free)(adapter *a);
+    /* w (in, site->out) += the adapter's ΔW in the Conv1D layout, on columns [off, off+len),
+     * with its current values and scale: what its forward adds, folded into a weight. NULL: the
+     * adapter cannot be merged. */
+    void (*merge)(const adapter *a, const linear *site, float *w);
 };
 
 struct adapter {
@@ -67,9 +72,14 @@ struct linear {
     float       *db; /* (out) or NULL: frozen */
     int32_t      n_adapters;
     adapter      adapters[LINEAR_MAX_ADAPTERS];
+    /* while merged (merge.c): w points at w_merged = W0 + Σ ΔW and the adapters are skipped;
+     * w0 keeps the original pointer, restored as is by unmerge. Both NULL otherwise. */
+    const float *w0;
+    float       *w_merged; /* (in, out) owned */
 };
 
-/* out (N, site->out) = inp (N, site->in) · W0 + b + adapters. Overwrites out. */
+/* out (N, site->out) = inp (N, site->in) · W0 + b + adapters (W0 + ΔW and no adapters while
+ * merged). Overwrites out. */
 void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx);
 /* dinp (N, in) += dout · W0ᵀ + adapters' dX (dinp may be NULL); trainable grads accumulate. */
 void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
@@ -95,5 +105,10 @@ lora_status adapter_reserve_rows(float **buf, int32_t *n_max, int N, int32_t r,
 /* Appends an adapter (its ops and state already set); LORA_ERR_STATE when the site is full. */
 lora_status linear_attach(linear *site, const adapter *a, lora_error *err);
 void        linear_free_adapters(linear *site);
+/* Frees the adapters at [n, n_adapters) and keeps the first n. */
+void        linear_truncate_adapters(linear *site, int32_t n);
+/* Takes the adapter whose state is `state` off the site, keeping the others' order; the state
+ * is not freed. Returns 1 when found. */
+int         linear_detach(linear *site, const void *state);
 
 #endif

@@ -75,6 +75,13 @@ static lora_status lora_reserve(adapter *a, const linear *site, int N, size_t *s
     return LORA_OK;
 }
 
+/* W[:, off:off+len] (in, len) += s · Aᵀ (in, r) · Bᵀ (r, len) */
+static void lora_merge(const adapter *a, const linear *site, float *w) {
+    const lora_state *s = a->state;
+    gemm(1, 1, s->in, s->len, s->r, s->scale, s->A, s->in, s->B, s->r, 1.0f, w + a->off,
+         site->out);
+}
+
 static void lora_free_state(adapter *a) {
     lora_state *s = a->state;
     if (s) free(s->u);
@@ -88,6 +95,7 @@ const adapter_ops lora_adapter_ops = {
     .backward = lora_backward,
     .reserve  = lora_reserve,
     .free     = lora_free_state,
+    .merge    = lora_merge,
 };
 
 /* ---- the model-level method ---- */

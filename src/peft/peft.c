@@ -96,9 +96,22 @@ lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
     if (m->attached < 0)
         return lora_errorf(err, LORA_ERR_STATE, "%s: an earlier attach failed after its "
                            "allocation; load the model again", m->dir);
+    if (m->merged)
+        return lora_errorf(err, LORA_ERR_STATE, "%s: the model is merged (hint: "
+                           "lora_model_unmerge before attaching a method)", m->dir);
     const peft_method *pm = method_table(p->method);
     if (!pm) return lora_errorf(err, LORA_ERR_ARG, "unknown PEFT method %d", (int)p->method);
+    /* inference adapters (adapters.c) may sit on the sites already: a failure frees only ours */
+    int32_t *kept = calloc((size_t)m->cfg.n_layer * 4 + 1, sizeof *kept);
+    if (!kept) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", m->dir);
+    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+        kept[4 * l + 0] = m->layers[l].c_attn.n_adapters;
+        kept[4 * l + 1] = m->layers[l].attn_proj.n_adapters;
+        kept[4 * l + 2] = m->layers[l].c_fc.n_adapters;
+        kept[4 * l + 3] = m->layers[l].mlp_proj.n_adapters;
+    }
     lora_status st;
+    m->adapters_gen++;
     if ((st = pm->plan(m, p, specs, n_specs, err)) != LORA_OK) goto fail;
     if ((st = tparams_alloc(&m->tp, err)) != LORA_OK) goto fail;
     if (pm->init && (st = pm->init(m, p, err)) != LORA_OK) goto fail;
@@ -107,15 +120,18 @@ lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
     m->method   = pm;
     m->ctx.seed = p->seed;
     m->attached = 1;
+    free(kept);
     return LORA_OK;
 fail:
-    /* leave the model as loaded: no adapters, no registry, frozen slots restored by reload */
+    /* leave the model as loaded: no method adapters, no registry, frozen slots restored by
+     * reload */
     for (int32_t l = 0; l < m->cfg.n_layer; l++) {
-        linear_free_adapters(&m->layers[l].c_attn);
-        linear_free_adapters(&m->layers[l].attn_proj);
-        linear_free_adapters(&m->layers[l].c_fc);
-        linear_free_adapters(&m->layers[l].mlp_proj);
+        linear_truncate_adapters(&m->layers[l].c_attn, kept[4 * l + 0]);
+        linear_truncate_adapters(&m->layers[l].attn_proj, kept[4 * l + 1]);
+        linear_truncate_adapters(&m->layers[l].c_fc, kept[4 * l + 2]);
+        linear_truncate_adapters(&m->layers[l].mlp_proj, kept[4 * l + 3]);
     }
+    free(kept);
     if (m->tp.data) m->attached = -1; /* slots were rebound: the model is no longer usable */
     tparams_free(&m->tp);
     return st;
@@ -170,6 +186,9 @@ lora_status lora_model_save_trainable(lora_model *m, const char *path, lora_erro
 lora_status lora_model_load_trainable(lora_model *m, const char *path, lora_error *err) {
     if (m->attached <= 0)
         return lora_errorf(err, LORA_ERR_STATE, "%s: attach a method before loading", path);
+    if (m->merged)
+        return lora_errorf(err, LORA_ERR_STATE, "%s: the model is merged (hint: "
+                           "lora_model_unmerge first)", path);
     st_file     f;
     lora_status st = st_open(&f, path, err);
     if (st != LORA_OK) return st;

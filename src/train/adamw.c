@@ -48,6 +48,9 @@ lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
                             float *grad_norm, lora_error *err) {
     if (m->attached <= 0)
         return lora_errorf(err, LORA_ERR_STATE, "step: no trainable parameters");
+    if (m->merged)
+        return lora_errorf(err, LORA_ERR_STATE, "step: the model is merged, it cannot be "
+                           "trained (hint: lora_model_unmerge first)");
     if (!(p->beta1 >= 0 && p->beta1 < 1 && p->beta2 >= 0 && p->beta2 < 1 && p->eps > 0))
         return lora_errorf(err, LORA_ERR_ARG, "step: invalid AdamW betas/eps");
     tparams *tp = &m->tp;
