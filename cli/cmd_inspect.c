@@ -192,14 +192,20 @@ static int inspect_adapter(const char *dir, const char *plot) {
     if (a.base_model[0]) printf("base model   %s\n", a.base_model);
     printf("alpha        %.8g\n", a.alpha);
     if (ada)
-        printf("scaling      %.6g = alpha / (init_r + 1e-5), init_r %d\n", smin, (int)a.r);
+        printf("scaling      %.7g = alpha / (init_r + 1e-5), init_r %d\n", smin, (int)a.r);
     else if (smax - smin <= 1e-6 * fabs(smax))
-        printf("scaling      %.6g = alpha / %s\n", smax, a.use_rslora ? "sqrt(r)" : "r");
+        printf("scaling      %.7g = alpha / %s\n", smax, a.use_rslora ? "sqrt(r)" : "r");
     else
-        printf("scaling      %.6g .. %.6g, per module (alpha_pattern, rank_pattern)\n", smin,
+        printf("scaling      %.7g .. %.7g, per module (alpha_pattern, rank_pattern)\n", smin,
                smax);
     printf("parameters   %lld\n", (long long)a.n_params);
-    printf("sites        %d\n", (int)a.n_sites);
+    int32_t init0 = a.n_sites ? a.sites[0].init_r : 0, same_init = 1;
+    for (int32_t i = 1; i < a.n_sites; i++)
+        same_init &= a.sites[i].init_r == init0;
+    if (ada && same_init)
+        printf("sites        %d, initial rank %d each\n", (int)a.n_sites, (int)init0);
+    else
+        printf("sites        %d\n", (int)a.n_sites);
     if (ada) {
         if (a.target_r) printf("target_r     %d (average per PEFT module)\n", (int)a.target_r);
         printf("kept triplets    %lld of %lld\n", (long long)kept, (long long)init);
