@@ -358,9 +358,10 @@ typedef void (*lora_train_callback)(void *user, const lora_train_event *ev);
  * Runs a training job end to end: loads the model, tokenizer and data, attaches the method,
  * trains with AdamW, evaluates, writes metrics.jsonl (one JSON record per logged step and per
  * evaluation), checkpoint.safetensors every save_every steps (atomically), and at the end the
- * result: a PEFT adapter directory (LoRA) or a Hugging Face model directory (full, BitFit) in
- * out_dir. When *stop becomes non-zero (a signal handler), the current step finishes, a
- * checkpoint is written and the call returns LORA_OK with a DONE event whose stopped = 1.
+ * result: a PEFT adapter directory (LoRA, AdaLoRA) or a Hugging Face model directory (full,
+ * BitFit) in out_dir. When *stop becomes non-zero (a signal handler), the current step
+ * finishes, a checkpoint is written and the call returns LORA_OK with a DONE event whose
+ * stopped = 1.
  * A resumed run reproduces the uninterrupted run's losses exactly (same thread count).
  */
 lora_status lora_train(const lora_train_params *p, const volatile int *stop,

@@ -92,9 +92,9 @@ lora_status lora_adapter_save_gguf(lora_model *m, const char *path, lora_dtype d
     if (m->attached <= 0 ||
         (m->peft.method != LORA_METHOD_LORA && m->peft.method != LORA_METHOD_ADALORA))
         return lora_errorf(err, LORA_ERR_STATE, "%s: no LoRA or AdaLoRA adapter attached", path);
-    const lora_config *c = &m->cfg;
-    lora_site_view    *v = NULL;
-    int32_t            n = 0;
+    const lora_config *c  = &m->cfg;
+    lora_site_view    *v  = NULL; /* the adapter in LoRA form (AdaLoRA folded) */
+    int32_t            n  = 0;
     lora_status        st = peft_lora_views(m, &v, &n, err);
     if (st != LORA_OK) return st;
     gg_module         *mods  = calloc((size_t)n + 1, sizeof *mods);
