@@ -12,7 +12,7 @@ static const cli_command commands[] = {
     {"train", cmd_train, "fine-tune a model (LoRA, full, BitFit) on a JSONL dataset"},
     {"init", cmd_init, "write a randomly initialised GPT-2 to pretrain from scratch"},
     {"convert", cmd_convert, "re-save a model directory as F32, F16 or BF16"},
-    {"export", cmd_export, "write a model or a LoRA adapter as GGUF for llama.cpp"},
+    {"export", cmd_export, "write a model or adapter as GGUF for llama.cpp, or AdaLoRA as LoRA"},
     {"merge", cmd_merge, "fold adapters into the base weights and write a Hugging Face model"},
     {"inspect", cmd_inspect, "print a model's config, tensors and a training memory estimate"},
     {"generate", cmd_generate, "continue a prompt with a model (and adapter), KV-cached"},

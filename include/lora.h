@@ -289,7 +289,8 @@ lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
 
 typedef struct lora_memory_estimate {
     int64_t weights_bytes;     /* frozen base weights (mapped or converted) */
-    int64_t trainable_bytes;   /* params + grads + AdamW m and v */
+    int64_t trainable_bytes;   /* params + grads + AdamW m and v (AdaLoRA: with Λ, plus the
+                                  rank allocator's EMAs of every entry, masks and scores) */
     int64_t activation_bytes;  /* activations kept for backward + scratch */
     int64_t total_bytes;
 } lora_memory_estimate;
@@ -358,9 +359,10 @@ typedef void (*lora_train_callback)(void *user, const lora_train_event *ev);
  * Runs a training job end to end: loads the model, tokenizer and data, attaches the method,
  * trains with AdamW, evaluates, writes metrics.jsonl (one JSON record per logged step and per
  * evaluation), checkpoint.safetensors every save_every steps (atomically), and at the end the
- * result: a PEFT adapter directory (LoRA) or a Hugging Face model directory (full, BitFit) in
- * out_dir. When *stop becomes non-zero (a signal handler), the current step finishes, a
- * checkpoint is written and the call returns LORA_OK with a DONE event whose stopped = 1.
+ * result: a PEFT adapter directory (LoRA, AdaLoRA) or a Hugging Face model directory (full,
+ * BitFit) in out_dir. When *stop becomes non-zero (a signal handler), the current step
+ * finishes, a checkpoint is written and the call returns LORA_OK with a DONE event whose
+ * stopped = 1.
  * A resumed run reproduces the uninterrupted run's losses exactly (same thread count).
  */
 lora_status lora_train(const lora_train_params *p, const volatile int *stop,
@@ -373,18 +375,36 @@ lora_status lora_train(const lora_train_params *p, const volatile int *stop,
  * task_type CAUSAL_LM, r, lora_alpha, target_modules, lora_dropout, fan_in_fan_out true,
  * use_rslora, base_model_name_or_path) and adapter_model.safetensors with PEFT's key names
  * (base_model.model.transformer.h.N.<module>.lora_A.weight (r, in), lora_B.weight (out, r)).
- * Adapters on q/k/v slices of c_attn are written as one c_attn adapter of rank (slices x r)
- * with block-structured A and B and lora_alpha scaled to keep alpha / r (PEFT cannot target a
- * slice of a fused projection). Files are written atomically; DIR is created if needed.
+ * Adapters on q/k/v slices of c_attn are written as one c_attn adapter of rank (the sum of the
+ * slices' ranks) with block-structured A and B and lora_alpha scaled to keep the scale (PEFT
+ * cannot target a slice of a fused projection). Files are written atomically; DIR is created
+ * if needed. An attached AdaLoRA adapter is written as PEFT's AdaLoRA directory instead
+ * (peft_type ADALORA: init_r, target_r, the allocator's settings, lora_A/lora_E/lora_B cut to
+ * the kept triplets and rank_pattern), which PEFT and lora_adapter_load read back.
  */
 lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_model_name,
                               lora_error *err);
 
 /*
- * Attaches the adapter in a PEFT directory (ours or PEFT's) to a model that has no method
- * attached yet, with its trainable values loaded. A c_attn adapter whose A and B have the
- * block structure written above is restored as q/k/v slice adapters. Shape mismatches name the
- * tensor, both shapes, and hint that the adapter may be for another base model.
+ * Writes the attached adapter as a plain PEFT LoRA directory (peft_type LORA, as above). For
+ * LoRA this is lora_adapter_save. An AdaLoRA adapter is folded: per site, A = the kept rows of
+ * Q, B = P's kept columns times their singular values λ, rank = the kept triplets, the site's
+ * scale alpha / (init_r + 1e-5) kept, so that ΔW is unchanged; the per-module ranks and alphas
+ * go to rank_pattern and alpha_pattern (PEFT: scaling = lora_alpha / r per module). A site
+ * that keeps no triplet is written with rank 1 and B = 0 (ΔW = 0 exactly). The result loads in
+ * PEFT as a LoraConfig adapter and in lora_adapter_load; it can no longer be pruned.
+ * LORA_ERR_STATE when neither LoRA nor AdaLoRA is attached.
+ */
+lora_status lora_adapter_save_lora(lora_model *m, const char *dir, const char *base_model_name,
+                                   lora_error *err);
+
+/*
+ * Attaches the adapter in a PEFT directory (ours or PEFT's; peft_type LORA or ADALORA) to a
+ * model that has no method attached yet, with its trainable values loaded. A c_attn adapter
+ * whose A and B have the block structure written above is restored as q/k/v slice adapters.
+ * An AdaLoRA directory attaches AdaLoRA with its rank pattern as a frozen mask (pruned
+ * triplets zero). Shape mismatches name the tensor, both shapes, and hint that the adapter may
+ * be for another base model.
  */
 lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err);
 
@@ -503,7 +523,9 @@ lora_status lora_model_save_gguf(lora_model *m, const char *path, lora_dtype dty
  * on attn_qkv as stacked A and block B with zero rows elsewhere. llama.cpp scales by
  * user_scale * alpha / r with r read from lora_b, so alpha = scale * r (rsLoRA's sqrt folded
  * in); modules whose scale * r differs from the first module's get the ratio folded into B.
- * LORA_ERR_STATE when no LoRA adapter is attached. Atomic write.
+ * An attached AdaLoRA adapter is written folded as lora_adapter_save_lora folds it (rank = kept
+ * triplets per module, B = P·Λ, a site keeping none as rank 1 with B = 0), so llama.cpp
+ * computes the same ΔW. LORA_ERR_STATE when neither LoRA nor AdaLoRA is attached. Atomic write.
  */
 lora_status lora_adapter_save_gguf(lora_model *m, const char *path, lora_dtype dtype,
                                    lora_error *err);

@@ -1,5 +1,5 @@
 /*
- * gguf_adapter.c — the attached LoRA adapter as a llama.cpp LoRA GGUF file.
+ * gguf_adapter.c — the attached LoRA (or AdaLoRA) adapter as a llama.cpp LoRA GGUF file.
  *
  * llama.cpp adds s·B·(A·x) to an adapted weight's output with s = user_scale · alpha / r,
  * alpha the file's one adapter.lora.alpha and r read from each lora_b. Tensors are
@@ -14,6 +14,10 @@
  * module; a module whose s·R differs (another rank or scale) gets s·R / alpha folded into its B,
  * which leaves B·A·s unchanged. In the common case (one rank, one scale) nothing is folded and
  * B is written bit for bit.
+ *
+ * An attached AdaLoRA adapter is written in its folded LoRA form (peft_lora_views: B = P·Λ over
+ * the kept triplets, rank = kept, a site keeping none as rank 1 with B = 0); its sites share
+ * one scale, so only modules of another rank get a fold factor.
  *
  * Not here: token_embd adapters (we have none; llama.cpp aborts on them for tied models).
  */
@@ -85,23 +89,24 @@ static void *narrow(const float *src, size_t n, uint32_t type) {
 lora_status lora_adapter_save_gguf(lora_model *m, const char *path, lora_dtype dtype,
                                    lora_error *err) {
     if (!m || !path) return lora_errorf(err, LORA_ERR_ARG, "lora_adapter_save_gguf: NULL argument");
-    if (m->attached <= 0 || m->peft.method != LORA_METHOD_LORA)
-        return lora_errorf(err, LORA_ERR_STATE, "%s: no LoRA adapter attached", path);
-    const lora_config *c     = &m->cfg;
-    int32_t            n     = lora_sites_list(m, NULL, 0);
-    lora_site_view    *v     = calloc((size_t)n + 1, sizeof *v);
+    if (m->attached <= 0 ||
+        (m->peft.method != LORA_METHOD_LORA && m->peft.method != LORA_METHOD_ADALORA))
+        return lora_errorf(err, LORA_ERR_STATE, "%s: no LoRA or AdaLoRA adapter attached", path);
+    const lora_config *c  = &m->cfg;
+    lora_site_view    *v  = NULL; /* the adapter in LoRA form (AdaLoRA folded) */
+    int32_t            n  = 0;
+    lora_status        st = peft_lora_views(m, &v, &n, err);
+    if (st != LORA_OK) return st;
     gg_module         *mods  = calloc((size_t)n + 1, sizeof *mods);
     gguf_writer       *w     = gguf_writer_new();
     int32_t            n_mod = 0;
     uint32_t           type  = dtype == LORA_DTYPE_F16    ? GGUF_TENSOR_F16
                                : dtype == LORA_DTYPE_BF16 ? GGUF_TENSOR_BF16
                                                           : GGUF_TENSOR_F32;
-    lora_status        st    = LORA_OK;
-    if (!v || !mods || !w) {
+    if (!mods || !w) {
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
-    lora_sites_list(m, v, n);
     if (n == 0) {
         st = lora_errorf(err, LORA_ERR_STATE, "%s: the attached LoRA has no adapters", path);
         goto done;

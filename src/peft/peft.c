@@ -228,7 +228,7 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     int64_t base = V * C + (int64_t)c->n_positions * C + 2 * C +
                    L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * C * F + F + C);
     if (!c->tie_word_embeddings) base += V * C;
-    int64_t  trainable = 0, adapter_acts = 0, scratch = 0;
+    int64_t  trainable = 0, adapter_acts = 0, scratch = 0, method_state = 0;
     unsigned keep      = 0; /* GPT2_KEEP_* inputs every layer keeps for backward */
     if (p->method == LORA_METHOD_FULL) {
         trainable = base;
@@ -236,7 +236,9 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     } else if (p->method == LORA_METHOD_BITFIT) {
         trainable = C + L * (C + 3 * C + C + C + F + C);
     } else {
-        int64_t r = p->r;
+        /* LoRA: A (r, in), B (len, r) per site, a saved A·x (N, r) per pass, scratch N (in + r).
+         * AdaLoRA adds Λ (r) per site and needs N (in + 2r) of scratch. */
+        int64_t r = p->r, ada = p->method == LORA_METHOD_ADALORA, sites = 0;
         struct {
             uint32_t bit;
             int64_t  in, len;
@@ -251,13 +253,20 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
         for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
             if (p->targets & s[i].bit) {
                 keep |= s[i].keep;
-                trainable += L * r * (s[i].in + s[i].len);
+                trainable += L * r * (s[i].in + s[i].len + ada);
                 adapter_acts += L * N * r;
-                if (N * (s[i].in + r) > scratch) scratch = N * (s[i].in + r);
+                sites += L;
+                if (N * (s[i].in + (1 + ada) * r) > scratch) scratch = N * (s[i].in + (1 + ada) * r);
             }
+        /* AdaLoRA's rank allocator (adalora.c): the EMAs Ī and Ū of every trainable entry, the
+         * mask (r per site) and the frozen flag, the triplet scores and their sorted copy
+         * (doubles), the penalty's (r, r) scratch */
+        if (ada)
+            method_state = (2 * trainable + sites * r + 1 + r * r) * (int64_t)sizeof(float) +
+                           2 * sites * r * (int64_t)sizeof(double);
     }
     out->weights_bytes    = base * (int64_t)sizeof(float); /* F16/BF16 become F32 at load */
-    out->trainable_bytes  = trainable * 4 * (int64_t)sizeof(float);
+    out->trainable_bytes  = trainable * 4 * (int64_t)sizeof(float) + method_state;
     uint8_t *keeps = malloc(L > 0 ? (size_t)L : 1);
     if (!keeps) return lora_errorf(err, LORA_ERR_NOMEM, "estimate: out of memory");
     memset(keeps, (int)keep, (size_t)L);

@@ -85,4 +85,10 @@ const char *lora_target_suffix(uint32_t target);
 /* Lists the attached LoRA adapters in model order; returns the count (fills up to cap). */
 int32_t lora_sites_list(const lora_model *m, lora_site_view *out, int32_t cap);
 
+/* The attached adapter as plain LoRA sites in model order (lora_views.c): LoRA's own, or
+ * AdaLoRA's folded into B·A of rank = kept triplets with the same ΔW (a site keeping none:
+ * rank 1, B = 0). *out (one allocation: free it) holds the views and any folded tensors.
+ * LORA_ERR_STATE when neither method is attached. */
+lora_status peft_lora_views(lora_model *m, lora_site_view **out, int32_t *n, lora_error *err);
+
 #endif

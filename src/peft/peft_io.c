@@ -1,14 +1,17 @@
 /*
  * peft_io.c — LoRA adapters as PEFT directories (adapter_config.json +
  * adapter_model.safetensors), written so that the PEFT library loads them into a Hugging Face
- * GPT2LMHeadModel, and read back whether we or PEFT wrote them.
+ * GPT2LMHeadModel, and read back whether we or PEFT wrote them. An attached AdaLoRA adapter is
+ * written here too when asked for plain LoRA (lora_adapter_save_lora): folded by
+ * peft_lora_views into per-module ranks, given to PEFT by rank_pattern and alpha_pattern.
  *
  * PEFT cannot target a slice of GPT-2's fused c_attn, so adapters on the q, k or v thirds of
- * one layer are written as one c_attn adapter of rank n·r: A = [A_q; A_v] stacked (n·r, in) and
- * B (3C, n·r) block-structured (B_q in the q rows and first r columns, B_v in the v rows and
- * last r columns, zeros elsewhere), with lora_alpha scaled so that the output scale is
+ * one layer are written as one c_attn adapter of rank Σ r: A = [A_q; A_v] stacked (Σ r, in) and
+ * B (3C, Σ r) block-structured (B_q in the q rows and first r_q columns, B_v in the v rows and
+ * last r_v columns, zeros elsewhere), with lora_alpha scaled so that the output scale is
  * unchanged. The product B·A is exactly the sum of the slice adapters. The slices are also
- * noted in the safetensors metadata ("lora.c_attn_slices"), which PEFT ignores, so that a
+ * noted in the safetensors metadata ("lora.c_attn_slices" = "0:q,v;1:q,v", or
+ * "0:q=3,v=5;..." when the slices of a layer differ in rank), which PEFT ignores, so that a
  * freshly initialised adapter (B = 0, no visible block structure) reads back as slices too.
  *
  * Key names: base_model.model.transformer.h.N.<module>.lora_A.weight (r, in) and
@@ -61,87 +64,98 @@ typedef struct out_module {
     float    scale;
     float   *A, *B; /* owned when fused, else borrowed */
     int      owned;
-    char     slices[8]; /* "q,v" for fused slices */
+    char     slices[48]; /* "q,v" (equal ranks) or "q=3,v=5" for fused slices */
 } out_module;
 
-lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_model_name,
-                              lora_error *err) {
-    if (m->attached > 0 && m->peft.method == LORA_METHOD_ADALORA)
-        return adalora_adapter_save(m, dir, base_model_name, err);
-    if (m->attached <= 0 || m->peft.method != LORA_METHOD_LORA)
-        return lora_errorf(err, LORA_ERR_STATE,
-                           "%s: no LoRA adapter attached (full and BitFit runs are saved with "
-                           "lora_model_save_trainable)",
-                           dir);
-    int32_t         n_sites = lora_sites_list(m, NULL, 0);
-    lora_site_view *sites   = calloc((size_t)n_sites + 1, sizeof *sites);
+static int slice_index(uint32_t target) {
+    return target == LORA_TARGET_Q ? 0 : target == LORA_TARGET_K ? 1 : target == LORA_TARGET_V ? 2 : -1;
+}
+
+/* Fuses the slice adapters sites[0..ns) of one layer into one c_attn module: A stacked, B
+ * block-structured, ranks may differ (the metadata then names each). Scales must agree. */
+static lora_status fuse_slices(const lora_site_view *sites, int32_t ns, int32_t C, out_module *o,
+                               const char *dir, lora_error *err) {
+    int32_t R = 0, in = sites[0].in, equal = 1;
+    for (int32_t k = 0; k < ns; k++) {
+        if (sites[k].scale != sites[0].scale)
+            return lora_errorf(err, LORA_ERR_UNSUPPORTED,
+                               "%s: q/k/v adapters of layer %d differ in scale; PEFT cannot "
+                               "express that on the fused c_attn",
+                               dir, (int)sites[0].layer);
+        R += sites[k].r;
+        equal &= sites[k].r == sites[0].r;
+    }
+    *o   = (out_module){sites[0].layer, LORA_TARGET_C_ATTN, R, in, 3 * C, sites[0].scale,
+                        NULL, NULL, 1, ""};
+    o->A = calloc((size_t)R * in, sizeof(float));
+    o->B = calloc((size_t)3 * C * R, sizeof(float));
+    if (!o->A || !o->B) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+    size_t  k_len = 0;
+    int32_t col   = 0;
+    for (int32_t k = 0; k < ns; k++) {
+        const lora_site_view *v  = &sites[k];
+        int32_t               sl = slice_index(v->target), r = v->r;
+        memcpy(o->A + (size_t)col * in, v->A, (size_t)r * in * sizeof(float));
+        for (int32_t row = 0; row < C; row++)
+            memcpy(o->B + ((size_t)sl * C + row) * R + (size_t)col, v->B + (size_t)row * r,
+                   (size_t)r * sizeof(float));
+        if (k_len < sizeof o->slices)
+            k_len += (size_t)snprintf(o->slices + k_len, sizeof o->slices - k_len,
+                                      equal ? "%s%c" : "%s%c=%d", k ? "," : "", "qkv"[sl], (int)r);
+        col += r;
+    }
+    return LORA_OK;
+}
+
+/* Writes sites as a PEFT LoRA directory (see the top of the file). */
+static lora_status write_lora_dir(const lora_site_view *sites, int32_t n_sites, int32_t C,
+                                  int rslora, float dropout, const char *dir,
+                                  const char *base_model_name, lora_error *err) {
     out_module     *mods    = calloc((size_t)n_sites + 1, sizeof *mods);
     st_writer      *w       = st_writer_new();
     cJSON          *cfg     = cJSON_CreateObject();
-    char           *json    = NULL;
+    char           *json    = NULL, *slices_meta = NULL;
+    cJSON          *rank_pat = NULL, *alpha_pat = NULL, *targets = NULL; /* until in cfg */
     lora_status     st      = LORA_OK;
-    int32_t         n_mods  = 0, C = m->cfg.n_embd;
-    int             rslora  = m->peft.use_rslora;
-    if (!sites || !mods || !w || !cfg) {
+    int32_t         n_mods  = 0;
+    if (!mods || !w || !cfg) {
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
         goto done;
     }
-    lora_sites_list(m, sites, n_sites);
+    if (n_sites == 0) {
+        st = lora_errorf(err, LORA_ERR_STATE, "%s: the adapter has no sites", dir);
+        goto done;
+    }
 
     /* group slice adapters of one layer into a fused c_attn module */
     for (int32_t i = 0; i < n_sites; i++) {
-        lora_site_view *v = &sites[i];
-        int slice = v->target == LORA_TARGET_Q ? 0 : v->target == LORA_TARGET_K ? 1
-                  : v->target == LORA_TARGET_V ? 2 : -1;
-        if (slice < 0) {
+        const lora_site_view *v = &sites[i];
+        if (slice_index(v->target) < 0) {
             mods[n_mods++] = (out_module){v->layer, v->target, v->r, v->in, v->len, v->scale,
                                           (float *)v->A, (float *)v->B, 0, ""};
             continue;
         }
         int32_t j = i; /* the run of slices of this layer */
         while (j + 1 < n_sites && sites[j + 1].layer == v->layer &&
-               (sites[j + 1].target & (LORA_TARGET_Q | LORA_TARGET_K | LORA_TARGET_V)))
+               slice_index(sites[j + 1].target) >= 0)
             j++;
-        int32_t ns = j - i + 1, r = v->r, R = ns * r, in = v->in;
-        for (int32_t k = i; k <= j; k++)
-            if (sites[k].r != r || sites[k].scale != v->scale) {
-                st = lora_errorf(err, LORA_ERR_UNSUPPORTED,
-                                 "%s: q/k/v adapters of layer %d differ in rank or scale; PEFT "
-                                 "cannot express that on the fused c_attn",
-                                 dir, (int)v->layer);
-                goto done;
-            }
-        out_module *o = &mods[n_mods++];
-        *o = (out_module){v->layer, LORA_TARGET_C_ATTN, R, in, 3 * C, v->scale, NULL, NULL, 1,
-                          ""};
-        o->A = calloc((size_t)R * in, sizeof(float));
-        o->B = calloc((size_t)3 * C * R, sizeof(float));
-        if (!o->A || !o->B) {
-            st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
-            goto done;
-        }
-        size_t k_len = 0;
-        for (int32_t k = 0; k < ns; k++) {
-            const lora_site_view *s  = &sites[i + k];
-            int32_t               sl = s->target == LORA_TARGET_Q ? 0 : s->target == LORA_TARGET_K ? 1 : 2;
-            memcpy(o->A + (size_t)k * r * in, s->A, (size_t)r * in * sizeof(float));
-            for (int32_t row = 0; row < C; row++)
-                memcpy(o->B + ((size_t)sl * C + row) * R + (size_t)k * r, s->B + (size_t)row * r,
-                       (size_t)r * sizeof(float));
-            k_len += (size_t)snprintf(o->slices + k_len, sizeof o->slices - k_len, "%s%c",
-                                      k ? "," : "", "qkv"[sl]);
-        }
         /* alpha grows with the rank so that alpha / R (or alpha / sqrt R) stays the scale */
+        if ((st = fuse_slices(v, j - i + 1, C, &mods[n_mods++], dir, err)) != LORA_OK) goto done;
         i = j;
     }
 
     /* the top-level r and alpha are the first module's; other modules get patterns */
-    int32_t top_r     = n_mods ? mods[0].R : m->peft.r;
-    double  top_alpha = n_mods ? alpha_for(mods[0].scale, mods[0].R, rslora) : m->peft.alpha;
-    cJSON  *rank_pat = cJSON_CreateObject(), *alpha_pat = cJSON_CreateObject();
-    cJSON  *targets  = cJSON_CreateArray();
-    char    slices_meta[1024] = "";
-    size_t  sm = 0;
+    int32_t top_r     = mods[0].R;
+    double  top_alpha = alpha_for(mods[0].scale, mods[0].R, rslora);
+    size_t   meta_cap = (size_t)n_mods * (sizeof mods[0].slices + 16) + 1, sm = 0;
+    rank_pat          = cJSON_CreateObject();
+    alpha_pat         = cJSON_CreateObject();
+    targets           = cJSON_CreateArray();
+    slices_meta       = calloc(meta_cap, 1);
+    if (!rank_pat || !alpha_pat || !targets || !slices_meta) {
+        st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
+        goto done;
+    }
     uint32_t seen = 0;
     for (int32_t i = 0; i < n_mods; i++) {
         out_module *o = &mods[i];
@@ -155,8 +169,8 @@ lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_m
             cJSON_AddItemToArray(targets, cJSON_CreateString(target_entry(o->target)));
             seen |= o->target;
         }
-        if (o->slices[0] && sm < sizeof slices_meta)
-            sm += (size_t)snprintf(slices_meta + sm, sizeof slices_meta - sm, "%s%d:%s",
+        if (o->slices[0] && sm < meta_cap)
+            sm += (size_t)snprintf(slices_meta + sm, meta_cap - sm, "%s%d:%s",
                                    sm ? ";" : "", (int)o->layer, o->slices);
         int64_t sa[2] = {o->R, o->in}, sb[2] = {o->out, o->R};
         snprintf(key, sizeof key, "base_model.model.transformer.%s.lora_A.weight", mod);
@@ -177,7 +191,7 @@ lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_m
     cJSON_AddNullToObject(cfg, "layers_pattern");
     cJSON_AddNullToObject(cfg, "layers_to_transform");
     cJSON_AddNumberToObject(cfg, "lora_alpha", top_alpha);
-    cJSON_AddNumberToObject(cfg, "lora_dropout", m->peft.dropout);
+    cJSON_AddNumberToObject(cfg, "lora_dropout", dropout);
     cJSON_AddNullToObject(cfg, "modules_to_save");
     cJSON_AddStringToObject(cfg, "peft_type", "LORA");
     cJSON_AddNumberToObject(cfg, "r", top_r);
@@ -187,6 +201,7 @@ lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_m
     cJSON_AddStringToObject(cfg, "task_type", "CAUSAL_LM");
     cJSON_AddBoolToObject(cfg, "use_dora", 0);
     cJSON_AddBoolToObject(cfg, "use_rslora", rslora);
+    rank_pat = alpha_pat = targets = NULL; /* owned by cfg now */
     json = cJSON_Print(cfg);
     if (!json) {
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", dir);
@@ -210,11 +225,44 @@ done:
             free(mods[i].B);
         }
     free(json);
+    free(slices_meta);
+    cJSON_Delete(rank_pat);
+    cJSON_Delete(alpha_pat);
+    cJSON_Delete(targets);
     cJSON_Delete(cfg);
     st_writer_free(w);
     free(mods);
+    return st;
+}
+
+lora_status lora_adapter_save_lora(lora_model *m, const char *dir, const char *base_model_name,
+                                   lora_error *err) {
+    int ada = m->attached > 0 && m->peft.method == LORA_METHOD_ADALORA;
+    if (!ada && (m->attached <= 0 || m->peft.method != LORA_METHOD_LORA))
+        return lora_errorf(err, LORA_ERR_STATE,
+                           "%s: no LoRA or AdaLoRA adapter attached (full and BitFit runs are "
+                           "saved with lora_model_save_trainable)",
+                           dir);
+    lora_site_view *sites = NULL;
+    int32_t         n     = 0;
+    lora_status     st    = peft_lora_views(m, &sites, &n, err);
+    if (st == LORA_OK)
+        st = write_lora_dir(sites, n, m->cfg.n_embd, ada ? 0 : m->peft.use_rslora, m->peft.dropout,
+                            dir, base_model_name, err);
     free(sites);
     return st;
+}
+
+lora_status lora_adapter_save(lora_model *m, const char *dir, const char *base_model_name,
+                              lora_error *err) {
+    if (m->attached > 0 && m->peft.method == LORA_METHOD_ADALORA)
+        return adalora_adapter_save(m, dir, base_model_name, err);
+    if (m->attached <= 0 || m->peft.method != LORA_METHOD_LORA)
+        return lora_errorf(err, LORA_ERR_STATE,
+                           "%s: no LoRA adapter attached (full and BitFit runs are saved with "
+                           "lora_model_save_trainable)",
+                           dir);
+    return lora_adapter_save_lora(m, dir, base_model_name, err);
 }
 
 /* ---- reading ---- */
@@ -223,7 +271,8 @@ typedef struct in_module {
     int32_t          layer;
     uint32_t         target; /* site bit: C_ATTN, ATTN_PROJ, MLP_FC, MLP_PROJ */
     const st_tensor *A, *B;
-    uint32_t         slices; /* Q|K|V bits when the fused adapter splits into slices */
+    uint32_t         slices;  /* Q|K|V bits when the fused adapter splits into slices */
+    int32_t          rank[3]; /* the slices' ranks */
 } in_module;
 
 static const struct {
@@ -282,12 +331,28 @@ static double pattern_number(const cJSON *pat, const char *mod, double dflt) {
 }
 
 /* Block structure of a fused (3C, R) B: which slices own which columns, or 0 if not blocked.
- * Columns are assigned in order q, k, v, r = R / n_slices each. */
-static uint32_t detect_slices(const float *B, int32_t C, int32_t R, const char *hint) {
+ * Columns are assigned in order q, k, v: rank[sl] each, as the hint names them ("q=3,v=5"), else
+ * R / n_slices each. */
+static uint32_t detect_slices(const float *B, int32_t C, int32_t R, const char *hint,
+                              int32_t rank[3]) {
     uint32_t bits = 0;
+    int32_t  given = 0, sum = 0;
+    rank[0] = rank[1] = rank[2] = 0;
     if (hint) {
-        for (const char *p = hint; *p; p++)
-            bits |= *p == 'q' ? LORA_TARGET_Q : *p == 'k' ? LORA_TARGET_K : *p == 'v' ? LORA_TARGET_V : 0;
+        for (const char *p = hint; *p; p++) {
+            int sl = *p == 'q' ? 0 : *p == 'k' ? 1 : *p == 'v' ? 2 : -1;
+            if (sl < 0) continue;
+            bits |= (uint32_t)LORA_TARGET_Q << sl;
+            if (p[1] == '=') {
+                char *end;
+                long  r = strtol(p + 2, &end, 10);
+                if (end == p + 2 || r < 1 || r > R) return 0;
+                rank[sl] = (int32_t)r;
+                sum += (int32_t)r;
+                given++;
+                p = end - 1;
+            }
+        }
     } else { /* from the data: every column non-zero in exactly one slice */
         for (int32_t c = 0; c < R; c++) {
             int owner = -1;
@@ -304,18 +369,25 @@ static uint32_t detect_slices(const float *B, int32_t C, int32_t R, const char *
         }
     }
     int ns = !!(bits & LORA_TARGET_Q) + !!(bits & LORA_TARGET_K) + !!(bits & LORA_TARGET_V);
-    if (ns == 0 || R % ns) return 0;
+    if (ns == 0) return 0;
+    if (given) { /* every slice must name its rank, and they must fill R */
+        if (given != ns || sum != R) return 0;
+    } else {
+        if (R % ns) return 0;
+        for (int sl = 0; sl < 3; sl++)
+            if (bits & ((uint32_t)LORA_TARGET_Q << sl)) rank[sl] = R / ns;
+    }
     /* verify: zeros outside the blocks */
-    int32_t r = R / ns, k = 0;
+    int32_t c0 = 0;
     for (int sl = 0; sl < 3; sl++) {
         if (!(bits & ((uint32_t)LORA_TARGET_Q << sl))) continue;
         for (int osl = 0; osl < 3; osl++) {
             if (osl == sl) continue;
             for (int32_t row = 0; row < C; row++)
-                for (int32_t c = k * r; c < (k + 1) * r; c++)
+                for (int32_t c = c0; c < c0 + rank[sl]; c++)
                     if (B[((size_t)osl * C + row) * R + c] != 0) return 0;
         }
-        k++;
+        c0 += rank[sl];
     }
     return bits;
 }
@@ -434,7 +506,7 @@ lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err) {
         }
         int32_t k = 0;
         while (k < n_mods && !(mods[k].layer == layer && mods[k].target == target)) k++;
-        if (k == n_mods) mods[n_mods++] = (in_module){layer, target, NULL, NULL, 0};
+        if (k == n_mods) mods[n_mods++] = (in_module){layer, target, NULL, NULL, 0, {0, 0, 0}};
         if (is_b) mods[k].B = t;
         else mods[k].A = t;
     }
@@ -480,7 +552,7 @@ lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err) {
         uint32_t slices = 0;
         if (mo->target == LORA_TARGET_C_ATTN) {
             float *B = malloc((size_t)mo->B->numel * sizeof(float));
-            char   hb[16];
+            char   hb[sizeof ((out_module *)0)->slices];
             if (!B) {
                 st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", st_path);
                 goto done;
@@ -489,18 +561,18 @@ lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err) {
                 free(B);
                 goto done;
             }
-            slices = detect_slices(B, C, (int32_t)R, slices_hint(hints, mo->layer, hb, sizeof hb));
+            slices = detect_slices(B, C, (int32_t)R, slices_hint(hints, mo->layer, hb, sizeof hb),
+                                   mo->rank);
             free(B);
         }
         mo->slices = slices;
-        if (slices) { /* one adapter per slice, rank R / n, same scale */
-            int ns = !!(slices & LORA_TARGET_Q) + !!(slices & LORA_TARGET_K) + !!(slices & LORA_TARGET_V);
+        if (slices) { /* one adapter per slice, its own rank, same scale */
             for (int sl = 0; sl < 3; sl++)
                 if (slices & ((uint32_t)LORA_TARGET_Q << sl)) {
                     /* same output scale: s = alpha_fused / R_fused = alpha / r (rsLoRA: the
                      * fused alpha was scaled by sqrt(n), so alpha_fused / sqrt(R) again) */
                     specs[n_specs++] = (lora_site_spec){mo->layer, (uint32_t)LORA_TARGET_Q << sl,
-                                                        (int32_t)R / ns, scale};
+                                                        mo->rank[sl], scale};
                 }
         } else {
             specs[n_specs++] = (lora_site_spec){mo->layer, mo->target, (int32_t)R, scale};
@@ -544,22 +616,21 @@ lora_status lora_adapter_load(lora_model *m, const char *dir, lora_error *err) {
             memcpy(ta.data, A, (size_t)(R * in) * sizeof(float));
             memcpy(tb.data, B, (size_t)(out * R) * sizeof(float));
         } else {
-            int ns = !!(mo->slices & LORA_TARGET_Q) + !!(mo->slices & LORA_TARGET_K) +
-                     !!(mo->slices & LORA_TARGET_V);
-            int64_t r = R / ns, j = 0;
+            int64_t j = 0; /* the slice's first column */
             for (int sl = 0; sl < 3; sl++) {
                 uint32_t bit = (uint32_t)LORA_TARGET_Q << sl;
+                int64_t  r   = mo->rank[sl];
                 if (!(mo->slices & bit)) continue;
                 const char *suffix = lora_target_suffix(bit);
                 snprintf(name, sizeof name, "h.%d.%s.lora_A", (int)mo->layer, suffix);
                 lora_model_trainable_find(m, name, &ta);
                 snprintf(name, sizeof name, "h.%d.%s.lora_B", (int)mo->layer, suffix);
                 lora_model_trainable_find(m, name, &tb);
-                memcpy(ta.data, A + j * r * in, (size_t)(r * in) * sizeof(float));
+                memcpy(ta.data, A + j * in, (size_t)(r * in) * sizeof(float));
                 for (int64_t row = 0; row < C; row++)
-                    memcpy(tb.data + row * r, B + ((int64_t)sl * C + row) * R + j * r,
+                    memcpy(tb.data + row * r, B + ((int64_t)sl * C + row) * R + j,
                            (size_t)r * sizeof(float));
-                j++;
+                j += r;
             }
         }
         free(A);

@@ -1,7 +1,7 @@
 #!/bin/sh
 # check_llama.sh — llama.cpp as a real reader of `lora export gguf`.
 #
-#   check_llama.sh LORA GGUF_HELPER WORK_DIR
+#   check_llama.sh LORA GGUF_HELPER WORK_DIR BASE_MODEL_DIR
 #
 # Installs llama.cpp from npm (node-llama-cpp@3.22.1 + @node-llama-cpp/linux-x64@3.22.1: the
 # prebuilt CPU libllama of llama.cpp release v0.5.0) into WORK_DIR, extracts llama.h and the
@@ -12,14 +12,20 @@
 #     linears with rsLoRA, both with random non-zero B, at user scales 1.0 and 0.5;
 # llama.cpp's logits at every position must have the same argmax as ours (from the Hugging Face
 # directory and the PEFT adapter) and differ by at most TOL (ggml's GELU uses an F16 table).
-# Negative controls that the comparison must detect: the q,v adapter with alpha halved, and the
-# model with attn_output weights left in the Conv1D layout (square, so llama.cpp loads it).
+# Then on BASE_MODEL_DIR (the demo's models/default, exported as GGUF): an AdaLoRA adapter
+# trained briefly on `lora data e2e` with init_r 6 > target_r 2, so that the final mask prunes
+# (`lora inspect` must report pruned triplets), exported folded into LoRA form, at user scales
+# 1.0 and 0.5, the same criteria.
+# Negative controls that the comparison must detect: the q,v adapter and the AdaLoRA adapter
+# with alpha halved, and the model with attn_output weights left in the Conv1D layout (square,
+# so llama.cpp loads it).
 # Exits 77 (ctest SKIP_RETURN_CODE) when node, npm, git or a C compiler is missing or the
 # packages cannot be fetched; 1 when anything differs.
 set -u
-lora=${1:?usage: check_llama.sh LORA GGUF_HELPER WORK_DIR}
-helper=${2:?usage: check_llama.sh LORA GGUF_HELPER WORK_DIR}
-work=${3:?usage: check_llama.sh LORA GGUF_HELPER WORK_DIR}
+lora=${1:?usage: check_llama.sh LORA GGUF_HELPER WORK_DIR BASE_MODEL_DIR}
+helper=${2:?usage: check_llama.sh LORA GGUF_HELPER WORK_DIR BASE_MODEL_DIR}
+work=${3:?usage: check_llama.sh LORA GGUF_HELPER WORK_DIR BASE_MODEL_DIR}
+base=${4:-}
 TOL=${LORA_LLAMA_TOL:-1e-2}
 CONTROL_MIN=0.1
 
@@ -148,6 +154,101 @@ run control_alpha "$model" --adapter "$work/qv" 1.0 -- \
     "$work/model.gguf" --lora "$work/qv_bad_alpha.gguf" 1.0 && detected control_alpha
 "$helper" untranspose "$work/model.gguf" "$work/model_untransposed.gguf" || bad "make control"
 run control_transpose "$model" -- "$work/model_untransposed.gguf" && detected control_transpose
+
+# ---- the demo's base model, adapters trained on e2e data: AdaLoRA (pruned), LoRA q,v ----
+# init_r 6 > target_r 2, so the final mask drops triplets (sites of unequal rank, some with
+# none); the adapter is exported folded (rank = kept triplets, B = P·Λ) and must give our
+# AdaLoRA logits in llama.cpp.
+if [ -z "$base" ] || [ ! -f "$base/config.json" ]; then
+    bad "AdaLoRA: the base model directory '$base' is missing"
+else
+    rm -rf "$work/e2e" "$work/ada"
+    if "$lora" data e2e --out "$work/e2e" --train 200 --dev 20 --test 3 >/dev/null &&
+        "$lora" train --model "$base" --data "$work/e2e/train.jsonl" --method adalora \
+            --init-r 6 --target-r 2 --targets q,v,c_proj,c_fc --alpha 12 --dropout 0 \
+            --steps 10 --tinit 2 --tfinal 3 --delta-t 2 --batch 2 --seq-len 64 --lr 3e-2 \
+            --warmup 2 --threads 2 --quiet --out "$work/ada" >"$work/ada_train.log" 2>&1; then
+        ok
+    else
+        bad "AdaLoRA training run: $(tail -2 "$work/ada_train.log")"
+    fi
+    # and a trained LoRA q,v adapter on the same base and data (the demo's setting, r = 4)
+    rm -rf "$work/qv_trained"
+    if "$lora" train --model "$base" --data "$work/e2e/train.jsonl" --r 4 --alpha 32 \
+        --targets q,v --dropout 0 --steps 10 --batch 2 --seq-len 64 --lr 3e-2 --warmup 2 \
+        --threads 2 --quiet --out "$work/qv_trained" >"$work/qv_train.log" 2>&1; then
+        ok
+    else
+        bad "LoRA training run: $(tail -2 "$work/qv_train.log")"
+    fi
+    # pruned: every site starts at rank 6 (12 per fused q,v module); some must end below
+    if "$lora" inspect "$work/ada" >"$work/ada_inspect.txt" 2>&1 &&
+        grep -q "pruned triplets  *[1-9]" "$work/ada_inspect.txt"; then
+        ok
+        grep -E "^(method|sites|kept|pruned)" "$work/ada_inspect.txt"
+    else
+        bad "AdaLoRA run pruned nothing or inspect failed: $(head -3 "$work/ada_inspect.txt")"
+    fi
+    # The input: the last 32 tokens of a training example (the end of the MR and the reference
+    # sentence; consecutive lines share an MR, so each line gives a new window). A position
+    # whose two largest logits lie within TOL is a tie that rounding may break either way, in
+    # any reader; the example is the first one without such a position in OUR logits (base,
+    # adapter at 1.0 and 0.5), chosen before llama.cpp runs.
+    fixed_ids=$ids
+    ids=""
+    n=1
+    while [ $n -le 60 ]; do
+        cand=$(sed -n "${n}p" "$work/e2e/train.jsonl" |
+            sed 's/^{"prompt":"\(.*\)","completion":"\(.*\)"}$/\1\2/' |
+            "$lora" tokenize --tokenizer "$base" | tr ' ' '\n' | tail -32 | tr '\n' ' ')
+        tied=0
+        for a in "" "--adapter $work/ada 1.0" "--adapter $work/ada 0.5" \
+            "--adapter $work/qv_trained 1.0" "--adapter $work/qv_trained 0.5"; do
+            # shellcheck disable=SC2086
+            "$helper" logits "$base" $a $cand >"$work/cand.txt" &&
+                g=$("$helper" gap "$work/cand.txt") &&
+                awk -v g="$g" -v t="$TOL" 'BEGIN { exit !(g > t) }' || tied=1
+        done
+        if [ $tied -eq 0 ] && [ "$(echo "$cand" | wc -w)" -eq 32 ]; then
+            ids=$cand
+            break
+        fi
+        n=$((n + 1))
+    done
+    [ -n "$ids" ] && ok || bad "no e2e example without near-tied logits among the first 60"
+    echo "AdaLoRA input: e2e training example $n, ids $ids"
+    "$lora" export gguf --model "$base" --out "$work/default.gguf" && ok || bad "export base"
+    "$lora" export gguf --model "$base" --adapter "$work/ada" --out "$work/ada.gguf" && ok ||
+        bad "export AdaLoRA adapter"
+    run default "$base" -- "$work/default.gguf" && same default
+    "$lora" export gguf --model "$base" --adapter "$work/qv_trained" \
+        --out "$work/qv_trained.gguf" && ok || bad "export trained LoRA adapter"
+    for s in 1.0 0.5; do
+        run "adalora_$s" "$base" --adapter "$work/ada" "$s" -- \
+            "$work/default.gguf" --lora "$work/ada.gguf" "$s" && same "adalora_$s"
+        run "lora_qv_trained_$s" "$base" --adapter "$work/qv_trained" "$s" -- \
+            "$work/default.gguf" --lora "$work/qv_trained.gguf" "$s" &&
+            same "lora_qv_trained_$s"
+    done
+    # the comparison means something only if the adapter moves the logits well past TOL
+    if r=$("$helper" differ "$work/default.ours.txt" "$work/adalora_1.0.ours.txt" 0.5); then
+        ok
+        echo "AdaLoRA adapter's own effect on our logits: $r"
+    else
+        bad "the AdaLoRA adapter barely changes the logits: $r"
+    fi
+    if r=$("$helper" differ "$work/default.ours.txt" "$work/lora_qv_trained_1.0.ours.txt" 0.5)
+    then
+        ok
+        echo "trained LoRA adapter's own effect on our logits: $r"
+    else
+        bad "the trained LoRA adapter barely changes the logits: $r"
+    fi
+    "$helper" scale-alpha "$work/ada.gguf" "$work/ada_bad_alpha.gguf" 0.5 || bad "make control"
+    run control_ada_alpha "$base" --adapter "$work/ada" 1.0 -- \
+        "$work/default.gguf" --lora "$work/ada_bad_alpha.gguf" 1.0 && detected control_ada_alpha
+    ids=$fixed_ids
+fi
 
 # our own loader reads the export back: generation from the GGUF works
 "$lora" generate --model "$work/model.gguf" --tokenizer "$model" --greedy --max-new 8 \

@@ -13,6 +13,9 @@
  *                                              when every argmax agrees and max <= TOL
  *   gguf_helper differ OURS THEIRS MIN         exit 0 when max |difference| >= MIN (a negative
  *                                              control must be detected)
+ *   gguf_helper gap LOGITS                     prints the smallest gap between the two largest
+ *                                              logits of any position (a near-tie there makes
+ *                                              the argmax hinge on rounding)
  *   gguf_helper scale-alpha IN OUT FACTOR      an adapter GGUF with adapter.lora.alpha x FACTOR
  *   gguf_helper untranspose IN OUT             a model GGUF whose square attn_output weights are
  *                                              stored without the Conv1D transpose
@@ -220,6 +223,24 @@ done:
     return rc;
 }
 
+static int cmd_gap(const char *path) {
+    int    T, V;
+    float *x = read_logits(path, &T, &V);
+    if (!x) return 1;
+    double gap = INFINITY;
+    for (int t = 0; t < T; t++) {
+        const float *l = x + (size_t)t * V;
+        int          b = argmax(l, V);
+        double       second = -INFINITY;
+        for (int v = 0; v < V; v++)
+            if (v != b && l[v] > second) second = l[v];
+        if ((double)l[b] - second < gap) gap = (double)l[b] - second;
+    }
+    printf("%.6g\n", gap);
+    free(x);
+    return 0;
+}
+
 /* ---- negative controls ---- */
 
 static int rewrite(const char *in, const char *out, float alpha_factor, int untranspose) {
@@ -274,10 +295,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "logits") && argc >= 4) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(cmd, "compare") && argc == 5) return cmd_compare(argv + 2, 0);
     if (!strcmp(cmd, "differ") && argc == 5) return cmd_compare(argv + 2, 1);
+    if (!strcmp(cmd, "gap") && argc == 3) return cmd_gap(argv[2]);
     if (!strcmp(cmd, "scale-alpha") && argc == 5)
         return rewrite(argv[2], argv[3], strtof(argv[4], NULL), 0);
     if (!strcmp(cmd, "untranspose") && argc == 4) return rewrite(argv[2], argv[3], 1.0f, 1);
-    fprintf(stderr, "usage: gguf_helper model|adapter|logits|compare|differ|scale-alpha|"
+    fprintf(stderr, "usage: gguf_helper model|adapter|logits|compare|differ|gap|scale-alpha|"
                     "untranspose ... (see gguf_helper.c)\n");
     return 2;
 }

@@ -9,8 +9,9 @@
  * the loss (relative <= 1e-4), the budget b(t) and whether the step masked, the masks
  * (identical), and the triplet scores (relative in norm <= 1e-4); at the end every tensor
  * (relative in norm <= 1e-3); the trained adapter is written as a PEFT directory with the
- * engine's logits (DIR/written/<case>) for the PyTorch side to load as PEFT would.
- * DIR/peft_fixture, an AdaLoRA directory in PEFT's own layout, must load and give the
+ * engine's logits (DIR/written/<case>) for the PyTorch side to load as PEFT would, and folded
+ * into a plain LoRA directory (DIR/written/<case>_lora, same expected logits) that must load
+ * back as LoRA with the AdaLoRA logits (max-abs <= 1e-5). DIR/peft_fixture, an AdaLoRA directory in PEFT's own layout, must load and give the
  * reference's logits (max-abs <= 1e-4).
  *
  * usage: test_adalora_oracle CASES_DIR
@@ -32,6 +33,7 @@
 #define STEPS_TOL 1e-4
 #define SCORE_TOL 1e-4
 #define FINAL_TOL 1e-3
+#define FOLD_TOL 1e-5
 
 static double worst_logits, worst_loss, worst_grad, worst_steps, worst_score, worst_score_elem,
     worst_final;
@@ -83,6 +85,58 @@ static void write_adapter(lora_model *m, const char *dir, const char *name, cons
                   st_writer_write(w, path, &err) == LORA_OK);
     st_writer_free(w);
     lora_model_set_training(m, 1);
+}
+
+/* Writes the adapter folded into a plain LoRA directory DIR/written/NAME_lora (with the same
+ * expected.safetensors: the AdaLoRA model's logits), loads it back as LoRA and compares the
+ * logits (max-abs <= FOLD_TOL); peft_check.py then loads it as PEFT's LoRA would. */
+static void write_folded(lora_model *m, const char *dir, const char *name, const char *model_dir,
+                         const st_tensor *tok) {
+    char        out[4200], path[4300];
+    lora_error  err;
+    lora_model *l = NULL;
+    int32_t     B = (int32_t)tok->shape[0], T = (int32_t)tok->shape[1];
+    int64_t     nl = (int64_t)B * T * lora_model_config(m)->vocab_size;
+    float       loss;
+    st_file     f;
+    snprintf(out, sizeof out, "%s/written/%s_lora", dir, name);
+    test_condf(lora_adapter_save_lora(m, out, "tiny", &err) == LORA_OK, "save_lora %s: %s", out,
+               err.msg);
+    snprintf(path, sizeof path, "%s/written/%s/expected.safetensors", dir, name);
+    if (st_open(&f, path, &err) != LORA_OK) {
+        test_condf(0, "%s", err.msg);
+        return;
+    }
+    const float *want = tensor_f32(&f, "logits", nl);
+    st_writer   *w    = st_writer_new();
+    int64_t      st_[2] = {B, T}, sl[3] = {B, T, lora_model_config(m)->vocab_size};
+    snprintf(path, sizeof path, "%s/expected.safetensors", out);
+    test_cond("folded expected.safetensors",
+              want && w && st_writer_add(w, "tokens", ST_I32, 2, st_, tok->data, &err) == LORA_OK &&
+                  st_writer_add(w, "logits", ST_F32, 3, sl, want, &err) == LORA_OK &&
+                  st_writer_write(w, path, &err) == LORA_OK);
+    st_writer_free(w);
+    if (want && lora_model_load(model_dir, &l, &err) == LORA_OK &&
+        lora_adapter_load(l, out, &err) == LORA_OK &&
+        lora_model_forward(l, tok->data, NULL, B, T, &loss, &err) == LORA_OK) {
+        double d = test_max_abs_diff(lora_model_logits(l), want, (size_t)nl);
+        char   ranks[256] = "";
+        size_t k          = 0;
+        for (int32_t i = 0; i < lora_model_n_trainable(l) && k < sizeof ranks; i++) {
+            lora_tensor_info t;
+            lora_model_trainable(l, i, &t);
+            if (strstr(t.name, "lora_A"))
+                k += (size_t)snprintf(ranks + k, sizeof ranks - k, "%s%lld", k ? "," : "",
+                                      (long long)t.shape[0]);
+        }
+        printf("\n  %s folded to plain LoRA (site ranks %s), reloaded: logits max-abs %.2e vs "
+               "AdaLoRA", name, ranks, d);
+        test_condf(d <= FOLD_TOL, "%s folded: logits max-abs %.3e > %.0e", name, d, FOLD_TOL);
+    } else {
+        test_condf(0, "%s folded: %s", name, err.msg);
+    }
+    lora_model_free(l);
+    st_close(&f);
 }
 
 /* PEFT's own AdaLoRA layout: whole-module adapters, a rank pattern, cut tensors. */
@@ -335,6 +389,7 @@ static void run_case(const char *dir, const char *file) {
         char name[256];
         snprintf(name, sizeof name, "%.*s", (int)(strlen(file) - 12), file);
         write_adapter(m, dir, name, tok);
+        write_folded(m, dir, name, model_dir, tok);
         if (worst_s > worst_steps) worst_steps = worst_s;
         if (worst_f > worst_final) worst_final = worst_f;
         printf("  %lld steps: losses %.2e, final tensors %.2e", (long long)steps, worst_s, worst_f);
