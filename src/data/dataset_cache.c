@@ -96,12 +96,18 @@ lora_status ds_tokenizer_fingerprint(lora_tokenizer *tok, uint64_t *out, lora_er
         else
             h = ds_hash_bytes(h ^ (uint64_t)len, b, len);
     }
+    /* the probe text fingerprints the merges; a vocabulary without some byte tokens cannot
+     * encode it (its own data may still be encodable), and then the vocabulary alone counts */
     int32_t    *ids = NULL;
     size_t      n   = 0;
+    lora_error  probe_err;
     lora_status st =
-        lora_tokenizer_encode(tok, probe_text, sizeof probe_text - 1, 0, &ids, &n, err);
-    if (st != LORA_OK) return st;
-    h = ds_hash_bytes(h, ids, n * sizeof(int32_t));
+        lora_tokenizer_encode(tok, probe_text, sizeof probe_text - 1, 0, &ids, &n, &probe_err);
+    if (st == LORA_ERR_NOMEM) return lora_errorf(err, st, "%s", probe_err.msg);
+    if (st == LORA_OK)
+        h = ds_hash_bytes(h, ids, n * sizeof(int32_t));
+    else
+        h = rng_mix64(h ^ 0x70726f6265ull); /* "probe" not encodable */
     free(ids);
     *out = h;
     return LORA_OK;

@@ -594,6 +594,45 @@ static int load_cached(lora_tokenizer *tok, const char *cache, int32_t seq_len, 
     return s.from_cache;
 }
 
+/* A vocabulary without some byte tokens (only a-z and space here) still caches datasets it can
+ * encode: the tokenizer fingerprint does not need every byte. */
+static void test_cache_partial_vocab(void) {
+    char dir[1200], cache[1200], path[1300];
+    snprintf(dir, sizeof dir, "%s/tok_az", g_dir);
+    snprintf(cache, sizeof cache, "%s/cache_az", g_dir);
+    lora_mkdirs(dir, NULL);
+    char   buf[1024];
+    size_t n = 0;
+    buf[n++] = '{';
+    n += (size_t)snprintf(buf + n, sizeof buf - n, "\"\u0120\": 0, ");
+    for (int b = 'a'; b <= 'z'; b++)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "\"%c\": %d, ", b, b - 'a' + 1);
+    n += (size_t)snprintf(buf + n, sizeof buf - n, "\"<|endoftext|>\": 27}\n");
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    write_text(path, buf, n);
+    snprintf(path, sizeof path, "%s/merges.txt", dir);
+    write_text(path, "#version: 0.2\n", 14);
+    lora_tokenizer *tok;
+    lora_error      err;
+    if (lora_tokenizer_load(dir, &tok, &err) != LORA_OK) {
+        test_condf(0, "a-z tokenizer: %s", err.msg);
+        return;
+    }
+    put("az.jsonl", "{\"text\": \"hello world\"}\n");
+    lora_dataset_params p = params(32, 0, cache);
+    for (int pass = 0; pass < 2; pass++) {
+        lora_dataset      *d;
+        lora_dataset_stats st;
+        lora_status        s = lora_dataset_load(at("az.jsonl"), tok, &p, &d, &st, &err);
+        test_condf(s == LORA_OK, "a-z vocabulary, pass %d: %s", pass, s ? err.msg : "ok");
+        if (s != LORA_OK) break;
+        test_condf(st.from_cache == pass, "a-z vocabulary: from_cache %d on pass %d",
+                   st.from_cache, pass);
+        lora_dataset_free(d);
+    }
+    lora_tokenizer_free(tok);
+}
+
 static void test_cache(lora_tokenizer *tok) {
     char cache[1200], cpath[2400];
     snprintf(cache, sizeof cache, "%s/cache/sub", g_dir);
@@ -685,6 +724,7 @@ int main(void) {
     test_resume(tok);
     test_split(tok);
     test_bad_lines(tok);
+    test_cache_partial_vocab();
     test_empty(tok);
     test_cache(tok);
 
