@@ -9,12 +9,12 @@
 
 static const cli_command commands[] = {
     {"demo", cmd_demo, "fine-tune the embedded model on a data-to-text task and report"},
-    {"train", cmd_train, "fine-tune a model (LoRA, full, BitFit) on a JSONL dataset"},
+    {"train", cmd_train, "fine-tune a model (LoRA, AdaLoRA, full, BitFit) on a JSONL dataset"},
     {"init", cmd_init, "write a randomly initialised GPT-2 to pretrain from scratch"},
     {"convert", cmd_convert, "re-save a model directory as F32, F16 or BF16"},
     {"export", cmd_export, "write a model or adapter as GGUF for llama.cpp, or AdaLoRA as LoRA"},
     {"merge", cmd_merge, "fold adapters into the base weights and write a Hugging Face model"},
-    {"inspect", cmd_inspect, "print a model's config, tensors and a training memory estimate"},
+    {"inspect", cmd_inspect, "a model: config, tensors, memory estimate; an adapter: ranks per site"},
     {"generate", cmd_generate, "continue a prompt with a model (and adapter), KV-cached"},
     {"tokenize", cmd_tokenize, "text on stdin to token ids, or ids back to text (--decode)"},
     {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer from a corpus"},
