@@ -12,6 +12,7 @@
 #include "test_helper.h"
 #include "tiny_model.h"
 
+#include <ftw.h>
 #include <sys/stat.h>
 
 #define NB 2
@@ -344,6 +345,30 @@ static void expect_error(const char *name, int st, lora_status want, const lora_
     }
 }
 
+/* A copy of adapter dir src in dst whose target_modules is the regular expression ".*c_attn". */
+static int copy_with_regex(const char *src_dir, const char *dst) {
+    char   path[2600], *text = NULL, *bin = NULL;
+    size_t len, blen;
+    int    rc = -1;
+    lora_mkdirs(dst, NULL);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", src_dir);
+    if (lora_read_file(path, &bin, &blen, NULL) != LORA_OK) return -1;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dst);
+    if (lora_write_file_atomic(path, bin, blen, NULL) != LORA_OK) goto done;
+    snprintf(path, sizeof path, "%s/adapter_config.json", src_dir);
+    if (lora_read_file(path, &text, &len, NULL) != LORA_OK) goto done;
+    char *p = strstr(text, "[\"c_attn\"]");
+    if (!p) goto done;
+    char out[8192];
+    snprintf(out, sizeof out, "%.*s\".*c_attn\"%s", (int)(p - text), text, p + 10);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dst);
+    rc = lora_write_file_atomic(path, out, strlen(out), NULL) == LORA_OK ? 0 : -1;
+done:
+    free(text);
+    free(bin);
+    return rc;
+}
+
 static void test_errors(void) {
     char       out[2600];
     lora_error err;
@@ -383,6 +408,22 @@ static void test_errors(void) {
     expect_error("missing adapter", st, LORA_ERR_MISSING, &err, missing.dir, "adapter_config.json",
                  out);
 
+    /* target_modules as a regular expression in one adapter, a list in the other */
+    src regex = {"regex", "", NULL};
+    snprintf(regex.dir, sizeof regex.dir, "%s/regex_qv", root);
+    test_cond("regex adapter", copy_with_regex(b_qv.dir, regex.dir) == 0);
+    st = combine2(&a_qv, 1, &regex, 1, LORA_COMBINE_CAT, 0, out, &err);
+    expect_error("regex and list", st, LORA_ERR_UNSUPPORTED, &err, a_qv.dir,
+                 "mix regular expressions and lists", out);
+    char both[2600];
+    out_path(both, sizeof both, "regex_twice");
+    const char *dirs[2] = {regex.dir, regex.dir};
+    double      w[2]    = {0.5, 0.5};
+    test_condf(lora_adapters_combine(dirs, w, 2, LORA_COMBINE_CAT, 0, both, &err) == LORA_OK,
+               "regex twice: %s", err.msg);
+    test_cond("regular expressions joined as PEFT does",
+              config_has(both, "\"target_modules\":\t\"(.*c_attn)|(.*c_attn)\""));
+
     lora_combine_how how;
     st = lora_combine_how_parse("sum", &how, &err);
     expect_error("unknown combination", st, LORA_ERR_ARG, &err, NULL, "'sum' (linear, cat or svd)",
@@ -402,6 +443,11 @@ static void test_errors(void) {
     test_condf(combine2(&a_qv, 1, &b_qv, 1, LORA_COMBINE_CAT, 0, empty, &err) == LORA_OK,
                "into an empty directory: %s", err.msg);
     test_cond("written into the empty directory", config_number(out, "r") == 16);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
 }
 
 int main(void) {
@@ -444,5 +490,7 @@ int main(void) {
     test_errors();
 
     for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++) lora_model_free(mk[i].s->m);
-    return test_report("test_combine");
+    int rc = test_report("test_combine");
+    if (rc == 0) nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS); /* kept when a check failed */
+    return rc;
 }
