@@ -418,7 +418,9 @@ lora_status lora_combine_how_parse(const char *s, lora_combine_how *out, lora_er
  *  - a module (layer and linear) missing from some adapters is combined from those that have
  *    it; with cat its A and B are zero-padded to R;
  *  - svd_rank 0 means the largest input rank; each module needs R <= min(in, out); the SVD is
- *    LAPACK's dgesdd in double precision; no clamping (PEFT's default svd_clamp = None);
+ *    LAPACK's (in double precision, of a rank-sized matrix after QR factorisations of the
+ *    stacked factors when R <= sum r_i <= min(in, out), else of dW whole); no clamping (PEFT's
+ *    default svd_clamp = None); BLAS and LAPACK run on one thread during the call;
  *  - the config is the first adapter's with r = lora_alpha = R, the union of target_modules,
  *    empty rank_pattern / alpha_pattern (a linear module of another rank gets its own entries)
  *    and use_rslora false, so that every module's scale is 1;

@@ -262,6 +262,16 @@ static void test_svd(void) {
     combine_add_delta(dw, b_qv.m, -0.3, C);
     check_logits("svd at full rank", out, dw, 1e-5);
     delta_free(dw);
+    /* rank 12: c_attn (ranks 8 + 4) through the QR route, c_proj and c_fc (only d, rank 2)
+     * through the SVD of the whole dW (R > their rank): both exact */
+    out_path(out, sizeof out, "svd_routes");
+    test_condf(combine2(&a_qv, 0.7, &d_mix, 1.5, LORA_COMBINE_SVD, 12, out, &err) == LORA_OK,
+               "svd both routes: %s", err.msg);
+    dw = delta_alloc();
+    combine_add_delta(dw, a_qv.m, 0.7, C);
+    combine_add_delta(dw, d_mix.m, 1.5, C);
+    check_logits("svd through both routes", out, dw, 1e-5);
+    delta_free(dw);
     /* default rank: the largest input rank */
     out_path(out, sizeof out, "svd_default");
     test_condf(combine2(&a_qv, 0.7, &e_qv2, 1.0, LORA_COMBINE_SVD, 0, out, &err) == LORA_OK,
