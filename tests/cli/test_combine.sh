@@ -62,6 +62,7 @@ expect 2 "--weight must be a finite number, got 'x'" -- $A --weight x $O
 expect 2 "--weight must be a finite number, got 'nan'" -- $A --weight nan $O
 expect 2 "--r must be an integer in 1..65536, got 'abc'" -- $A --weight 1 $B --weight 1 --r abc $O
 expect 2 "--r must be an integer in 1..65536, got '0'" -- $A --weight 1 $B --weight 1 --r 0 $O
+expect 2 "option '--r' requires an argument" -- $A --weight 1 $B --weight 1 $O --r
 expect 2 "--r applies to --how svd only" -- $A --weight 1 $B --weight 1 --how cat --r 4 $O
 expect 2 "one adapter is combined linearly" -- $A --weight 1 --r 4 $O
 expect 2 "--out is required" -- $A --weight 1
