@@ -21,7 +21,8 @@ static inline void combine_fill(lora_model *m, uint64_t seed, float amp) {
         lora_tensor_info t;
         lora_model_trainable(m, i, &t);
         uint64_t key = rng_key(seed, (uint64_t)i, 23);
-        for (int64_t j = 0; j < t.numel; j++) t.data[j] = amp * rng_normal(key, (uint64_t)j);
+        for (int64_t j = 0; j < t.numel; j++)
+            t.data[j] = amp * rng_normal(key, (uint64_t)j);
     }
 }
 
@@ -32,8 +33,7 @@ static inline void combine_fill(lora_model *m, uint64_t seed, float amp) {
  */
 static inline int combine_make_adapter(const char *model_dir, const char *out_dir,
                                        lora_method method, const char *targets, int32_t r,
-                                       float alpha, int rslora, uint64_t seed,
-                                       lora_model **keep) {
+                                       float alpha, int rslora, uint64_t seed, lora_model **keep) {
     lora_model         *m = NULL;
     lora_error          err;
     lora_adapter_params p = lora_adapter_params_default();
@@ -60,16 +60,20 @@ static inline int combine_make_adapter(const char *model_dir, const char *out_di
         lora_model_free(m);
         return -1;
     }
-    if (keep) *keep = m;
-    else lora_model_free(m);
+    if (keep)
+        *keep = m;
+    else
+        lora_model_free(m);
     return 0;
 }
 
 /* Module index of a LoRA site in a (L, 4) table: c_attn (its slices too), attn.c_proj,
  * mlp.c_fc, mlp.c_proj. */
 static inline int combine_module_index(uint32_t target) {
-    return target == LORA_TARGET_ATTN_PROJ ? 1 : target == LORA_TARGET_MLP_FC ? 2
-         : target == LORA_TARGET_MLP_PROJ  ? 3 : 0;
+    return target == LORA_TARGET_ATTN_PROJ  ? 1
+           : target == LORA_TARGET_MLP_FC   ? 2
+           : target == LORA_TARGET_MLP_PROJ ? 3
+                                            : 0;
 }
 
 /*
@@ -82,9 +86,9 @@ static inline void combine_add_delta(double **dw, const lora_model *m, double w,
     lora_site_view *sites = calloc((size_t)n + 1, sizeof *sites);
     lora_sites_list(m, sites, n);
     for (int32_t i = 0; i < n; i++) {
-        const lora_site_view *v   = &sites[i];
-        int32_t               row0 = v->target == LORA_TARGET_K ? C : v->target == LORA_TARGET_V ? 2 * C : 0;
-        double               *d    = dw[v->layer * 4 + combine_module_index(v->target)];
+        const lora_site_view *v = &sites[i];
+        int32_t row0 = v->target == LORA_TARGET_K ? C : v->target == LORA_TARGET_V ? 2 * C : 0;
+        double *d    = dw[v->layer * 4 + combine_module_index(v->target)];
         for (int32_t o = 0; o < v->len; o++)
             for (int32_t j = 0; j < v->in; j++) {
                 double acc = 0;

@@ -39,14 +39,14 @@
 /* LAPACK as OpenBLAS exports it (Fortran convention: every argument by reference, the hidden
  * length of the character argument last). */
 extern void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda,
-                    double *s, double *u, const int *ldu, double *vt, const int *ldvt,
-                    double *work, const int *lwork, int *iwork, int *info, size_t jobz_len);
+                    double *s, double *u, const int *ldu, double *vt, const int *ldvt, double *work,
+                    const int *lwork, int *iwork, int *info, size_t jobz_len);
 
 #define MAX_RANK 65536
 
 typedef struct cmb_module {
     int32_t  layer;
-    uint32_t target;   /* LORA_TARGET_C_ATTN, _ATTN_PROJ, _MLP_FC or _MLP_PROJ */
+    uint32_t target; /* LORA_TARGET_C_ATTN, _ATTN_PROJ, _MLP_FC or _MLP_PROJ */
     int32_t  R, in, out;
     double   scale;    /* the adapter's alpha / R (or / sqrt R); 1 for an output module */
     float   *A;        /* (R, in), owned */
@@ -55,11 +55,11 @@ typedef struct cmb_module {
 } cmb_module;
 
 typedef struct cmb_adapter {
-    const char *dir;     /* borrowed */
-    cJSON      *cfg;     /* adapter_config.json, owned */
-    int32_t     r_cfg;   /* r, or the largest of r and rank_pattern's values (PEFT's rank) */
-    int32_t     C, F;    /* base widths seen in the tensors; 0 when no module tells */
-    cmb_module *mods;    /* sorted by (layer, target), owned */
+    const char *dir;   /* borrowed */
+    cJSON      *cfg;   /* adapter_config.json, owned */
+    int32_t     r_cfg; /* r, or the largest of r and rank_pattern's values (PEFT's rank) */
+    int32_t     C, F;  /* base widths seen in the tensors; 0 when no module tells */
+    cmb_module *mods;  /* sorted by (layer, target), owned */
     int32_t     n_mods;
 } cmb_adapter;
 
@@ -126,14 +126,13 @@ static int all_finite(const float *x, size_t n) {
 }
 
 /* Copies one tensor to owned F32, refusing NaN and infinities. */
-static lora_status tensor_copy(float **out, const st_tensor *t, const char *path,
-                               lora_error *err) {
+static lora_status tensor_copy(float **out, const st_tensor *t, const char *path, lora_error *err) {
     *out = malloc((size_t)t->numel * sizeof(float));
     if (!*out) return lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", path);
     lora_status st = st_to_f32(*out, t, path, err);
     if (st == LORA_OK && !all_finite(*out, (size_t)t->numel))
-        st = lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' holds NaN or infinite values",
-                         path, t->name);
+        st = lora_errorf(err, LORA_ERR_FORMAT, "%s: tensor '%s' holds NaN or infinite values", path,
+                         t->name);
     return st;
 }
 
@@ -147,24 +146,32 @@ static lora_status note_widths(cmb_adapter *a, const cmb_module *mo, const char 
     switch (mo->target) {
     case LORA_TARGET_C_ATTN:
         if ((int64_t)mo->out != 3 * (int64_t)mo->in)
-            return lora_errorf(err, LORA_ERR_SHAPE, "%s: %s maps %d inputs to %d outputs, not to "
-                               "3 x %d (hint: not a GPT-2 adapter?)", path, mod, (int)mo->in,
-                               (int)mo->out, (int)mo->in);
+            return lora_errorf(err, LORA_ERR_SHAPE,
+                               "%s: %s maps %d inputs to %d outputs, not to "
+                               "3 x %d (hint: not a GPT-2 adapter?)",
+                               path, mod, (int)mo->in, (int)mo->out, (int)mo->in);
         C = mo->in;
         break;
     case LORA_TARGET_ATTN_PROJ:
         if (mo->out != mo->in)
-            return lora_errorf(err, LORA_ERR_SHAPE, "%s: %s maps %d inputs to %d outputs (hint: "
-                               "not a GPT-2 adapter?)", path, mod, (int)mo->in, (int)mo->out);
+            return lora_errorf(err, LORA_ERR_SHAPE,
+                               "%s: %s maps %d inputs to %d outputs (hint: "
+                               "not a GPT-2 adapter?)",
+                               path, mod, (int)mo->in, (int)mo->out);
         C = mo->in;
         break;
-    case LORA_TARGET_MLP_FC: C = mo->in, F = mo->out; break;
-    default: F = mo->in, C = mo->out; break;
+    case LORA_TARGET_MLP_FC:
+        C = mo->in, F = mo->out;
+        break;
+    default:
+        F = mo->in, C = mo->out;
+        break;
     }
     if ((a->C && a->C != C) || (F && a->F && a->F != F))
-        return lora_errorf(err, LORA_ERR_SHAPE, "%s: %s implies n_embd %d, n_inner %d but other "
-                           "modules say n_embd %d, n_inner %d", path, mod, (int)C,
-                           (int)(F ? F : a->F), (int)a->C, (int)a->F);
+        return lora_errorf(err, LORA_ERR_SHAPE,
+                           "%s: %s implies n_embd %d, n_inner %d but other "
+                           "modules say n_embd %d, n_inner %d",
+                           path, mod, (int)C, (int)(F ? F : a->F), (int)a->C, (int)a->F);
     a->C = C;
     if (F) a->F = F;
     return LORA_OK;
@@ -183,19 +190,24 @@ static lora_status pair_tensors(const st_file *f, raw_module **raw, int32_t *n_r
         int              is_b;
         if (!peft_key_parse(t->name, &layer, &target, &is_b)) {
             free(r);
-            return lora_errorf(err, LORA_ERR_UNSUPPORTED, "%s: tensor '%s' is not a LoRA weight "
-                               "of a GPT-2 linear (c_attn, c_proj, c_fc)", f->path, t->name);
+            return lora_errorf(err, LORA_ERR_UNSUPPORTED,
+                               "%s: tensor '%s' is not a LoRA weight "
+                               "of a GPT-2 linear (c_attn, c_proj, c_fc)",
+                               f->path, t->name);
         }
         int32_t k = 0;
-        while (k < n && !(r[k].layer == layer && r[k].target == target)) k++;
+        while (k < n && !(r[k].layer == layer && r[k].target == target))
+            k++;
         if (k == n) r[n++] = (raw_module){layer, target, NULL, NULL};
         const st_tensor **slot = is_b ? &r[k].B : &r[k].A;
         if (*slot) {
             char mod[64];
             module_key(mod, sizeof mod, layer, target);
             free(r);
-            return lora_errorf(err, LORA_ERR_FORMAT, "%s: %s has two lora_%c tensors ('%s' and "
-                               "'%s')", f->path, mod, is_b ? 'B' : 'A', (*slot)->name, t->name);
+            return lora_errorf(err, LORA_ERR_FORMAT,
+                               "%s: %s has two lora_%c tensors ('%s' and "
+                               "'%s')",
+                               f->path, mod, is_b ? 'B' : 'A', (*slot)->name, t->name);
         }
         *slot = t;
     }
@@ -210,27 +222,39 @@ static lora_status read_module(cmb_module *mo, const raw_module *rm, const st_fi
     char mod[64];
     module_key(mod, sizeof mod, rm->layer, rm->target);
     if (!rm->A || !rm->B)
-        return lora_errorf(err, LORA_ERR_MISSING, "%s: %s has lora_%s but no lora_%s", f->path,
-                           mod, rm->A ? "A" : "B", rm->A ? "B" : "A");
+        return lora_errorf(err, LORA_ERR_MISSING, "%s: %s has lora_%s but no lora_%s", f->path, mod,
+                           rm->A ? "A" : "B", rm->A ? "B" : "A");
     const st_tensor *A = rm->A, *B = rm->B;
     if (A->ndim != 2 || A->shape[0] < 1 || A->shape[0] > MAX_RANK || A->shape[1] < 1 ||
         A->shape[1] > INT32_MAX)
-        return lora_errorf(err, LORA_ERR_SHAPE, "%s: tensor '%s' must be (r, in) with 1 <= r <= "
-                           "%d", f->path, A->name, MAX_RANK);
+        return lora_errorf(err, LORA_ERR_SHAPE,
+                           "%s: tensor '%s' must be (r, in) with 1 <= r <= "
+                           "%d",
+                           f->path, A->name, MAX_RANK);
     if (B->ndim != 2 || B->shape[1] != A->shape[0] || B->shape[0] < 1 || B->shape[0] > INT32_MAX)
-        return lora_errorf(err, LORA_ERR_SHAPE, "%s: tensor '%s' must be (out, %lld) to match "
-                           "'%s'", f->path, B->name, (long long)A->shape[0], A->name);
-    int32_t R     = (int32_t)A->shape[0];
-    double  prank = peft_pattern_number(cJSON_GetObjectItemCaseSensitive(cfg, "rank_pattern"),
-                                        mod, p->r);
+        return lora_errorf(err, LORA_ERR_SHAPE,
+                           "%s: tensor '%s' must be (out, %lld) to match "
+                           "'%s'",
+                           f->path, B->name, (long long)A->shape[0], A->name);
+    int32_t R = (int32_t)A->shape[0];
+    double  prank =
+        peft_pattern_number(cJSON_GetObjectItemCaseSensitive(cfg, "rank_pattern"), mod, p->r);
     if ((double)R != prank)
-        return lora_errorf(err, LORA_ERR_SHAPE, "%s: %s has rank %d but adapter_config.json says "
-                           "%g", f->path, mod, (int)R, prank);
-    double alpha = peft_pattern_number(cJSON_GetObjectItemCaseSensitive(cfg, "alpha_pattern"),
-                                       mod, p->alpha);
-    *mo = (cmb_module){rm->layer, rm->target, R, (int32_t)A->shape[1], (int32_t)B->shape[0],
-                       p->use_rslora ? alpha / sqrt((double)R) : alpha / (double)R, NULL, NULL,
-                       ""};
+        return lora_errorf(err, LORA_ERR_SHAPE,
+                           "%s: %s has rank %d but adapter_config.json says "
+                           "%g",
+                           f->path, mod, (int)R, prank);
+    double alpha =
+        peft_pattern_number(cJSON_GetObjectItemCaseSensitive(cfg, "alpha_pattern"), mod, p->alpha);
+    *mo            = (cmb_module){rm->layer,
+                                  rm->target,
+                                  R,
+                                  (int32_t)A->shape[1],
+                                  (int32_t)B->shape[0],
+                       p->use_rslora ? alpha / sqrt((double)R) : alpha / (double)R,
+                                  NULL,
+                                  NULL,
+                                  ""};
     lora_status st = tensor_copy(&mo->A, A, f->path, err);
     if (st == LORA_OK) st = tensor_copy(&mo->B, B, f->path, err);
     if (st == LORA_OK && rm->target == LORA_TARGET_C_ATTN &&
@@ -263,9 +287,11 @@ static lora_status read_adapter(cmb_adapter *a, const char *dir, lora_error *err
         (st = lora_path_join(st_path, sizeof st_path, dir, "adapter_model.safetensors", err)))
         return st;
     if (adalora_dir_is_adalora(dir))
-        return lora_errorf(err, LORA_ERR_UNSUPPORTED, "%s: an AdaLoRA adapter; only plain LoRA "
+        return lora_errorf(err, LORA_ERR_UNSUPPORTED,
+                           "%s: an AdaLoRA adapter; only plain LoRA "
                            "adapters can be combined (PEFT's add_weighted_adapter refuses AdaLoRA "
-                           "too)", cfg_path);
+                           "too)",
+                           cfg_path);
     if ((st = peft_config_read(cfg_path, &p, &a->cfg, err)) != LORA_OK) return st;
     a->r_cfg = config_rank(a->cfg, p.r);
     if ((st = st_open(&f, st_path, err)) != LORA_OK) goto done;
@@ -280,7 +306,7 @@ static lora_status read_adapter(cmb_adapter *a, const char *dir, lora_error *err
         goto done;
     }
     for (int32_t k = 0; k < n_raw && st == LORA_OK; k++) {
-        st = read_module(&a->mods[k], &raw[k], &f, a->cfg, &p, err);
+        st        = read_module(&a->mods[k], &raw[k], &f, a->cfg, &p, err);
         a->n_mods = k + 1;
         if (st == LORA_OK) st = note_widths(a, &a->mods[k], st_path, err);
     }
@@ -299,12 +325,16 @@ static lora_status check_same_base(const cmb_adapter *ad, int32_t n, lora_error 
             const cmb_adapter *x = &ad[j], *y = &ad[i];
             const char        *what = NULL;
             int32_t            vx = 0, vy = 0;
-            if (x->C && y->C && x->C != y->C) what = "n_embd", vx = x->C, vy = y->C;
-            else if (x->F && y->F && x->F != y->F) what = "n_inner", vx = x->F, vy = y->F;
+            if (x->C && y->C && x->C != y->C)
+                what = "n_embd", vx = x->C, vy = y->C;
+            else if (x->F && y->F && x->F != y->F)
+                what = "n_inner", vx = x->F, vy = y->F;
             if (what)
-                return lora_errorf(err, LORA_ERR_SHAPE, "%s: adapter for a base model with %s "
+                return lora_errorf(err, LORA_ERR_SHAPE,
+                                   "%s: adapter for a base model with %s "
                                    "%d, but %s is for %s %d (hint: combine adapters of one base "
-                                   "model)", y->dir, what, (int)vy, x->dir, what, (int)vx);
+                                   "model)",
+                                   y->dir, what, (int)vy, x->dir, what, (int)vx);
         }
     return LORA_OK;
 }
@@ -327,33 +357,35 @@ static lora_status alloc_out(cmb_module *out, int32_t R, lora_error *err) {
 }
 
 /* PEFT's linear: sqrt|w s| on both factors, the sign of w s on A only. */
-static lora_status combine_linear(cmb_module *out, const present *p, int32_t np,
-                                  lora_error *err) {
+static lora_status combine_linear(cmb_module *out, const present *p, int32_t np, lora_error *err) {
     int32_t R = p[0].mo->R;
     for (int32_t k = 1; k < np; k++)
         if (p[k].mo->R != R) {
             char mod[64];
             module_key(mod, sizeof mod, out->layer, out->target);
-            return lora_errorf(err, LORA_ERR_SHAPE, "%s: %s has rank %d but %s has rank %d "
+            return lora_errorf(err, LORA_ERR_SHAPE,
+                               "%s: %s has rank %d but %s has rank %d "
                                "there; linear needs equal ranks (hint: use cat or svd)",
                                p[k].dir, mod, (int)p[k].mo->R, p[0].dir, (int)R);
         }
     lora_status st = alloc_out(out, R, err);
     if (st != LORA_OK) return st;
-    size_t na = (size_t)R * (size_t)out->in, nb = (size_t)out->out * (size_t)R;
+    size_t  na = (size_t)R * (size_t)out->in, nb = (size_t)out->out * (size_t)R;
     double *acc = calloc(na > nb ? na : nb, sizeof(double));
     if (!acc) return lora_errorf(err, LORA_ERR_NOMEM, "out of memory");
     for (int side = 0; side < 2; side++) {
         size_t n = side ? nb : na;
         memset(acc, 0, n * sizeof(double));
         for (int32_t k = 0; k < np; k++) {
-            double ws = p[k].w * p[k].mo->scale;
-            double c  = sqrt(fabs(ws)) * (side == 0 && ws < 0 ? -1.0 : 1.0);
-            const float *x = side ? p[k].mo->B : p[k].mo->A;
-            for (size_t i = 0; i < n; i++) acc[i] += c * (double)x[i];
+            double       ws = p[k].w * p[k].mo->scale;
+            double       c  = sqrt(fabs(ws)) * (side == 0 && ws < 0 ? -1.0 : 1.0);
+            const float *x  = side ? p[k].mo->B : p[k].mo->A;
+            for (size_t i = 0; i < n; i++)
+                acc[i] += c * (double)x[i];
         }
         float *y = side ? out->B : out->A;
-        for (size_t i = 0; i < n; i++) y[i] = (float)acc[i];
+        for (size_t i = 0; i < n; i++)
+            y[i] = (float)acc[i];
     }
     free(acc);
     return LORA_OK;
@@ -405,14 +437,16 @@ static double *lapack_work(double query, int *lwork) {
 /* a (m, n) column-major, destroyed = u (m, k) diag(s) vt (k, n), k = min(m, n). Returns
  * LAPACK's info (0 ok), or -1 when out of memory. */
 static int svd_thin(double *a, int m, int n, double *s, double *u, double *vt) {
-    int     k = m < n ? m : n, lwork = -1, info = 0;
-    double  q = 0;
-    int    *iwork = malloc((size_t)8 * (size_t)k * sizeof(int));
+    int    k = m < n ? m : n, lwork = -1, info = 0;
+    double q     = 0;
+    int   *iwork = malloc((size_t)8 * (size_t)k * sizeof(int));
     if (!iwork) return -1;
     dgesdd_("S", &m, &n, a, &m, s, u, &m, vt, &k, &q, &lwork, iwork, &info, 1);
     double *work = info == 0 ? lapack_work(q, &lwork) : NULL;
-    if (work) dgesdd_("S", &m, &n, a, &m, s, u, &m, vt, &k, work, &lwork, iwork, &info, 1);
-    else if (info == 0) info = -1;
+    if (work)
+        dgesdd_("S", &m, &n, a, &m, s, u, &m, vt, &k, work, &lwork, iwork, &info, 1);
+    else if (info == 0)
+        info = -1;
     free(work);
     free(iwork);
     return info;
@@ -421,22 +455,25 @@ static int svd_thin(double *a, int m, int n, double *s, double *u, double *vt) {
 /* a (m, n), m >= n, column-major: replaced by Q (m, n) with orthonormal columns; r (n, n)
  * receives R (zeros below the diagonal). Returns LAPACK's info, or -1 when out of memory. */
 static int qr_thin(double *a, int m, int n, double *r) {
-    int     lwork = -1, info = 0;
-    double  q = 0, *tau = malloc((size_t)n * sizeof(double)), *work = NULL;
+    int    lwork = -1, info = 0;
+    double q = 0, *tau = malloc((size_t)n * sizeof(double)), *work = NULL;
     if (!tau) return -1;
     dgeqrf_(&m, &n, a, &m, tau, &q, &lwork, &info);
     if (info == 0 && (work = lapack_work(q, &lwork)) != NULL)
         dgeqrf_(&m, &n, a, &m, tau, work, &lwork, &info);
-    else if (info == 0) info = -1;
+    else if (info == 0)
+        info = -1;
     for (int j = 0; info == 0 && j < n; j++)
-        for (int i = 0; i < n; i++) r[i + (size_t)j * n] = i <= j ? a[i + (size_t)j * m] : 0.0;
+        for (int i = 0; i < n; i++)
+            r[i + (size_t)j * n] = i <= j ? a[i + (size_t)j * m] : 0.0;
     free(work);
     work  = NULL;
     lwork = -1;
     if (info == 0) dorgqr_(&m, &n, &n, a, &m, tau, &q, &lwork, &info);
     if (info == 0 && (work = lapack_work(q, &lwork)) != NULL)
         dorgqr_(&m, &n, &n, a, &m, tau, work, &lwork, &info);
-    else if (info == 0) info = -1;
+    else if (info == 0)
+        info = -1;
     free(work);
     free(tau);
     return info;
@@ -463,11 +500,13 @@ static void stack_factors(const cmb_module *out, const present *p, int32_t np, d
 /* U (out, k) and V (in, k), column-major, of dW's SVD through the QR route; K columns. */
 static int svd_low_rank(int in, int o, int K, double *bc, double *act, double *s, double *U,
                         double *V) {
-    double *rb = malloc((size_t)K * K * sizeof(double)), *ra = malloc((size_t)K * K * sizeof(double));
-    double *mm = malloc((size_t)K * K * sizeof(double)), *um = malloc((size_t)K * K * sizeof(double));
-    double *vtm = malloc((size_t)K * K * sizeof(double));
+    double *rb   = malloc((size_t)K * K * sizeof(double)),
+           *ra   = malloc((size_t)K * K * sizeof(double));
+    double *mm   = malloc((size_t)K * K * sizeof(double)),
+           *um   = malloc((size_t)K * K * sizeof(double));
+    double *vtm  = malloc((size_t)K * K * sizeof(double));
     int     info = rb && ra && mm && um && vtm ? 0 : -1;
-    if (info == 0) info = qr_thin(bc, o, K, rb); /* bc becomes Qb */
+    if (info == 0) info = qr_thin(bc, o, K, rb);   /* bc becomes Qb */
     if (info == 0) info = qr_thin(act, in, K, ra); /* act becomes Qa */
     if (info == 0) {
         cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, K, K, K, 1.0, rb, K, ra, K, 0.0, mm,
@@ -477,8 +516,8 @@ static int svd_low_rank(int in, int o, int K, double *bc, double *act, double *s
     if (info == 0) {
         cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, o, K, K, 1.0, bc, o, um, K, 0.0, U,
                     o);
-        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, in, K, K, 1.0, act, in, vtm, K, 0.0,
-                    V, in);
+        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, in, K, K, 1.0, act, in, vtm, K, 0.0, V,
+                    in);
     }
     free(vtm);
     free(um);
@@ -489,19 +528,21 @@ static int svd_low_rank(int in, int o, int K, double *bc, double *act, double *s
 }
 
 /* U (out, k) and V (in, k), column-major, k = min(in, out), of dW = bc act^T formed whole. */
-static int svd_full(int in, int o, int K, const double *bc, const double *act, double *s,
-                    double *U, double *V) {
+static int svd_full(int in, int o, int K, const double *bc, const double *act, double *s, double *U,
+                    double *V) {
     int     k  = in < o ? in : o;
-    double *dw = malloc((size_t)o * in * sizeof(double)), *vt = malloc((size_t)k * o * sizeof(double));
-    int     info = dw && vt ? 0 : -1;
+    double *dw = malloc((size_t)o * in * sizeof(double)),
+           *vt = malloc((size_t)k * o * sizeof(double));
+    int info   = dw && vt ? 0 : -1;
     if (info == 0) {
         /* X = dW^T = act bc^T (in, out) = V' S U'^T: V' is V, and U'^T = vt */
-        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, in, o, K, 1.0, act, in, bc, o, 0.0,
-                    dw, in);
+        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, in, o, K, 1.0, act, in, bc, o, 0.0, dw,
+                    in);
         info = svd_thin(dw, in, o, s, V, vt);
     }
     for (int j = 0; info == 0 && j < k; j++)
-        for (int r = 0; r < o; r++) U[(size_t)r + (size_t)j * o] = vt[(size_t)j + (size_t)r * k];
+        for (int r = 0; r < o; r++)
+            U[(size_t)r + (size_t)j * o] = vt[(size_t)j + (size_t)r * k];
     free(vt);
     free(dw);
     return info;
@@ -511,25 +552,30 @@ static int svd_full(int in, int o, int K, const double *bc, const double *act, d
 static lora_status combine_svd(cmb_module *out, const present *p, int32_t np, int32_t R,
                                lora_error *err) {
     int in = out->in, o = out->out, kmin = in < o ? in : o, K = 0;
-    for (int32_t k = 0; k < np; k++) K += p[k].mo->R;
+    for (int32_t k = 0; k < np; k++)
+        K += p[k].mo->R;
     int     low = K <= kmin && R <= K, k = low ? K : kmin;
-    double *bc  = malloc((size_t)o * K * sizeof(double)), *act = malloc((size_t)in * K * sizeof(double));
-    double *s   = malloc((size_t)k * sizeof(double)), *U = malloc((size_t)o * k * sizeof(double));
-    double *V   = malloc((size_t)in * k * sizeof(double));
+    double *bc    = malloc((size_t)o * K * sizeof(double)),
+           *act   = malloc((size_t)in * K * sizeof(double));
+    double     *s = malloc((size_t)k * sizeof(double)), *U = malloc((size_t)o * k * sizeof(double));
+    double     *V    = malloc((size_t)in * k * sizeof(double));
     lora_status st   = LORA_OK;
     int         info = bc && act && s && U && V ? 0 : -1;
     LORA_ASSERT(R >= 1 && R <= kmin);
     if (info == 0) {
         stack_factors(out, p, np, bc, act);
-        info = low ? svd_low_rank(in, o, K, bc, act, s, U, V) : svd_full(in, o, K, bc, act, s, U, V);
+        info =
+            low ? svd_low_rank(in, o, K, bc, act, s, U, V) : svd_full(in, o, K, bc, act, s, U, V);
     }
     if (info != 0) {
         char mod[64];
         module_key(mod, sizeof mod, out->layer, out->target);
         st = info < 0 ? lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory for the SVD of %s",
                                     p[0].dir, mod)
-                      : lora_errorf(err, LORA_ERR_FORMAT, "%s: the SVD of the combined %s did "
-                                    "not converge (LAPACK info %d)", p[0].dir, mod, info);
+                      : lora_errorf(err, LORA_ERR_FORMAT,
+                                    "%s: the SVD of the combined %s did "
+                                    "not converge (LAPACK info %d)",
+                                    p[0].dir, mod, info);
     }
     if (st == LORA_OK) st = alloc_out(out, R, err);
     if (st == LORA_OK) {
@@ -570,10 +616,9 @@ static int set_item(cJSON *obj, const char *key, cJSON *item) {
 
 /* PEFT's union of target_modules: lists are merged (first appearance order), regular
  * expressions joined as "(a)|(b)"; a missing list is the modules the adapter holds. */
-static lora_status union_targets(const cmb_adapter *ad, int32_t n, cJSON **out,
-                                 lora_error *err) {
-    int    n_str = 0;
-    cJSON *list  = cJSON_CreateArray();
+static lora_status union_targets(const cmb_adapter *ad, int32_t n, cJSON **out, lora_error *err) {
+    int    n_str       = 0;
+    cJSON *list        = cJSON_CreateArray();
     char   regex[4096] = "";
     size_t rl          = 0;
     *out               = NULL;
@@ -594,8 +639,10 @@ static lora_status union_targets(const cmb_adapter *ad, int32_t n, cJSON **out,
                 if (!cJSON_IsString(it)) {
                     cJSON_Delete(names);
                     cJSON_Delete(list);
-                    return lora_errorf(err, LORA_ERR_FORMAT, "%s: target_modules holds a "
-                                       "non-string", ad[i].dir);
+                    return lora_errorf(err, LORA_ERR_FORMAT,
+                                       "%s: target_modules holds a "
+                                       "non-string",
+                                       ad[i].dir);
                 }
                 cJSON_AddItemToArray(names, cJSON_CreateString(it->valuestring));
             }
@@ -606,7 +653,7 @@ static lora_status union_targets(const cmb_adapter *ad, int32_t n, cJSON **out,
         }
         const cJSON *it;
         cJSON_ArrayForEach(it, names) {
-            int dup = 0;
+            int          dup = 0;
             const cJSON *have;
             cJSON_ArrayForEach(have, list) dup |= !strcmp(have->valuestring, it->valuestring);
             if (!dup) cJSON_AddItemToArray(list, cJSON_CreateString(it->valuestring));
@@ -615,9 +662,11 @@ static lora_status union_targets(const cmb_adapter *ad, int32_t n, cJSON **out,
     }
     if (n_str && n_str != n) {
         cJSON_Delete(list);
-        return lora_errorf(err, LORA_ERR_UNSUPPORTED, "%s: target_modules mix regular "
+        return lora_errorf(err, LORA_ERR_UNSUPPORTED,
+                           "%s: target_modules mix regular "
                            "expressions and lists of names across the adapters; PEFT cannot "
-                           "combine them", ad[0].dir);
+                           "combine them",
+                           ad[0].dir);
     }
     if (n_str) {
         cJSON_Delete(list);
@@ -635,8 +684,8 @@ static lora_status make_config(const cmb_adapter *ad, int32_t n, const cmb_modul
                                int32_t n_mods, int32_t R, char **json, lora_error *err) {
     cJSON      *cfg = cJSON_Duplicate(ad[0].cfg, 1), *targets = NULL;
     cJSON      *rank_pat = cJSON_CreateObject(), *alpha_pat = cJSON_CreateObject();
-    lora_status st       = union_targets(ad, n, &targets, err);
-    *json                = NULL;
+    lora_status st = union_targets(ad, n, &targets, err);
+    *json          = NULL;
     if (st == LORA_OK && (!cfg || !rank_pat || !alpha_pat))
         st = lora_errorf(err, LORA_ERR_NOMEM, "out of memory");
     for (int32_t i = 0; st == LORA_OK && i < n_mods; i++)
@@ -647,7 +696,10 @@ static lora_status make_config(const cmb_adapter *ad, int32_t n, const cmb_modul
             cJSON_AddNumberToObject(alpha_pat, mod, mods[i].R);
         }
     if (st == LORA_OK) {
-        /* each item belongs to cfg once set_item succeeds; the rest are freed below */
+        /* Scale 1 everywhere: r = lora_alpha and use_rslora false. PEFT's older releases kept
+         * the first adapter's use_rslora, which made the scale alpha / sqrt(r) = sqrt(r) for
+         * rsLoRA inputs; PEFT has since fixed that, and this follows the fix.
+         * Each item belongs to cfg once set_item succeeds; the rest are freed below. */
         int ok = set_item(cfg, "r", cJSON_CreateNumber(R)) &&
                  set_item(cfg, "lora_alpha", cJSON_CreateNumber(R)) &&
                  set_item(cfg, "use_rslora", cJSON_CreateFalse()) &&
@@ -720,12 +772,12 @@ static int dir_is_empty(const char *dir) {
 
 /* Writes both files into OUT.tmp.<pid>, then renames that directory onto OUT (which may exist
  * only as an empty directory). */
-static lora_status write_dir(const char *out_dir, st_writer *w, const char *json,
-                             lora_error *err) {
+static lora_status write_dir(const char *out_dir, st_writer *w, const char *json, lora_error *err) {
     char        out[4096], tmp[4200], path[4300];
     size_t      len = strlen(out_dir);
     struct stat sb;
-    while (len > 1 && out_dir[len - 1] == '/') len--;
+    while (len > 1 && out_dir[len - 1] == '/')
+        len--;
     if (len == 0 || len >= sizeof out || (len == 1 && out_dir[0] == '/'))
         return lora_errorf(err, LORA_ERR_ARG, "%s: not a usable output directory", out_dir);
     memcpy(out, out_dir, len);
@@ -734,8 +786,10 @@ static lora_status write_dir(const char *out_dir, st_writer *w, const char *json
         if (!S_ISDIR(sb.st_mode))
             return lora_errorf(err, LORA_ERR_IO, "%s: exists and is not a directory", out);
         if (!dir_is_empty(out))
-            return lora_errorf(err, LORA_ERR_ARG, "%s: exists and is not empty (hint: choose a "
-                               "new output directory)", out);
+            return lora_errorf(err, LORA_ERR_ARG,
+                               "%s: exists and is not empty (hint: choose a "
+                               "new output directory)",
+                               out);
     }
     char *slash = strrchr(out, '/');
     if (slash && slash != out) {
@@ -778,15 +832,16 @@ static lora_status new_rank(const cmb_adapter *ad, int32_t n, lora_combine_how h
     int32_t max = 0;
     for (int32_t i = 0; i < n; i++) {
         if (how == LORA_COMBINE_LINEAR && ad[i].r_cfg != ad[0].r_cfg)
-            return lora_errorf(err, LORA_ERR_SHAPE, "%s: r = %d but %s has r = %d; linear "
-                               "needs equal ranks (hint: use cat or svd)", ad[i].dir,
-                               (int)ad[i].r_cfg, ad[0].dir, (int)ad[0].r_cfg);
+            return lora_errorf(err, LORA_ERR_SHAPE,
+                               "%s: r = %d but %s has r = %d; linear "
+                               "needs equal ranks (hint: use cat or svd)",
+                               ad[i].dir, (int)ad[i].r_cfg, ad[0].dir, (int)ad[0].r_cfg);
         sum += ad[i].r_cfg;
         if (ad[i].r_cfg > max) max = ad[i].r_cfg;
     }
     *R = how == LORA_COMBINE_LINEAR ? ad[0].r_cfg
-       : how == LORA_COMBINE_CAT    ? (int32_t)(sum < MAX_RANK ? sum : MAX_RANK + 1)
-       : svd_rank > 0               ? svd_rank
+         : how == LORA_COMBINE_CAT  ? (int32_t)(sum < MAX_RANK ? sum : MAX_RANK + 1)
+         : svd_rank > 0             ? svd_rank
                                     : max;
     if (*R > MAX_RANK)
         return lora_errorf(err, LORA_ERR_SHAPE, "%s: the combined rank exceeds %d", ad[0].dir,
@@ -798,7 +853,8 @@ static lora_status check_args(const char *const *dirs, const double *weights, in
                               lora_combine_how *how, int32_t svd_rank, const char *out_dir,
                               lora_error *err) {
     if (!dirs || !weights || !out_dir || n < 1 || n > 4096)
-        return lora_errorf(err, LORA_ERR_ARG, "combine: need 1 to 4096 adapters, their weights "
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "combine: need 1 to 4096 adapters, their weights "
                            "and an output directory");
     if (*how != LORA_COMBINE_LINEAR && *how != LORA_COMBINE_CAT && *how != LORA_COMBINE_SVD)
         return lora_errorf(err, LORA_ERR_ARG, "combine: unknown combination %d", (int)*how);
@@ -813,21 +869,26 @@ static lora_status check_args(const char *const *dirs, const double *weights, in
         return lora_errorf(err, LORA_ERR_ARG, "combine: svd rank %d is outside 1..%d",
                            (int)svd_rank, MAX_RANK);
     if (svd_rank && *how != LORA_COMBINE_SVD)
-        return lora_errorf(err, LORA_ERR_ARG, "combine: a rank for the SVD is given, but the "
-                           "combination is %s (the rank follows from the inputs)", how_name(*how));
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "combine: a rank for the SVD is given, but the "
+                           "combination is %s (the rank follows from the inputs)",
+                           how_name(*how));
     if (svd_rank && n == 1)
-        return lora_errorf(err, LORA_ERR_ARG, "%s: a single adapter is combined linearly, as "
+        return lora_errorf(err, LORA_ERR_ARG,
+                           "%s: a single adapter is combined linearly, as "
                            "PEFT does, so the svd rank has no effect (hint: give it twice with "
-                           "half the weight each)", dirs[0]);
+                           "half the weight each)",
+                           dirs[0]);
     if (n == 1) *how = LORA_COMBINE_LINEAR;
     return LORA_OK;
 }
 
 /* The sorted union of every adapter's modules; *out owned (A and B NULL). */
-static lora_status union_modules(const cmb_adapter *ad, int32_t n, cmb_module **out,
-                                 int32_t *n_out, lora_error *err) {
+static lora_status union_modules(const cmb_adapter *ad, int32_t n, cmb_module **out, int32_t *n_out,
+                                 lora_error *err) {
     int64_t total = 0;
-    for (int32_t i = 0; i < n; i++) total += ad[i].n_mods;
+    for (int32_t i = 0; i < n; i++)
+        total += ad[i].n_mods;
     cmb_module *u = calloc((size_t)total + 1, sizeof *u);
     if (!u) return lora_errorf(err, LORA_ERR_NOMEM, "out of memory");
     int32_t m = 0;
@@ -848,12 +909,12 @@ static lora_status union_modules(const cmb_adapter *ad, int32_t n, cmb_module **
 lora_status lora_adapters_combine(const char *const *dirs, const double *weights, int32_t n,
                                   lora_combine_how how, int32_t svd_rank, const char *out_dir,
                                   lora_error *err) {
-    lora_status  st = check_args(dirs, weights, n, &how, svd_rank, out_dir, err);
-    cmb_adapter *ad = NULL;
-    cmb_module  *mods = NULL;
-    present     *pr   = NULL;
-    st_writer   *w    = NULL;
-    char        *json = NULL;
+    lora_status  st     = check_args(dirs, weights, n, &how, svd_rank, out_dir, err);
+    cmb_adapter *ad     = NULL;
+    cmb_module  *mods   = NULL;
+    present     *pr     = NULL;
+    st_writer   *w      = NULL;
+    char        *json   = NULL;
     int32_t      n_read = 0, n_mods = 0, R = 0;
     if (st != LORA_OK) return st;
     /* The products and factorisations here are small (rank-sized in the QR route): OpenBLAS's
@@ -868,7 +929,8 @@ lora_status lora_adapters_combine(const char *const *dirs, const double *weights
         st = lora_errorf(err, LORA_ERR_NOMEM, "%s: out of memory", out_dir);
         goto done;
     }
-    for (; n_read < n && st == LORA_OK; n_read++) st = read_adapter(&ad[n_read], dirs[n_read], err);
+    for (; n_read < n && st == LORA_OK; n_read++)
+        st = read_adapter(&ad[n_read], dirs[n_read], err);
     if (st == LORA_OK) st = check_same_base(ad, n, err);
     if (st == LORA_OK) st = new_rank(ad, n, how, svd_rank, &R, err);
     if (st == LORA_OK) st = union_modules(ad, n, &mods, &n_mods, err);
@@ -882,13 +944,14 @@ lora_status lora_adapters_combine(const char *const *dirs, const double *weights
         if (how == LORA_COMBINE_SVD && R > (o->in < o->out ? o->in : o->out)) {
             char mod[64];
             module_key(mod, sizeof mod, o->layer, o->target);
-            st = lora_errorf(err, LORA_ERR_SHAPE, "%s: svd rank %d is larger than %s allows "
-                             "(min(in, out) = %d)", pr[0].dir, (int)R, mod,
-                             (int)(o->in < o->out ? o->in : o->out));
+            st = lora_errorf(err, LORA_ERR_SHAPE,
+                             "%s: svd rank %d is larger than %s allows "
+                             "(min(in, out) = %d)",
+                             pr[0].dir, (int)R, mod, (int)(o->in < o->out ? o->in : o->out));
             break;
         }
         st = how == LORA_COMBINE_LINEAR ? combine_linear(o, pr, np, err)
-           : how == LORA_COMBINE_CAT    ? combine_cat(o, pr, np, R, err)
+             : how == LORA_COMBINE_CAT  ? combine_cat(o, pr, np, R, err)
                                         : combine_svd(o, pr, np, R, err);
         if (st == LORA_OK) keep_slices(o, pr, np);
     }
@@ -899,7 +962,8 @@ done:
     free(json);
     st_writer_free(w);
     modules_free(mods, n_mods);
-    for (int32_t i = 0; ad && i < n_read; i++) adapter_free(&ad[i]);
+    for (int32_t i = 0; ad && i < n_read; i++)
+        adapter_free(&ad[i]);
     free(pr);
     free(ad);
     lora_set_threads(threads);

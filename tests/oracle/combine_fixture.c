@@ -31,10 +31,10 @@ static int make(const char *dir) {
         int32_t     r;
         float       alpha;
         int         rslora, wide, adalora;
-    } mk[] = {{"a_qv", "q,v", 4, 8.0f, 0, 0, 0},    {"b_qv", "q,v", 4, 16.0f, 0, 0, 0},
-              {"c_qk", "q,k", 4, 4.0f, 0, 0, 0},    {"d_mix", "q,v,c_proj,c_fc", 2, 4.0f, 1, 0, 0},
-              {"e_qv2", "q,v", 2, 2.0f, 0, 0, 0},   {"f_proj", "c_proj", 4, 8.0f, 0, 0, 0},
-              {"w_qv", "q,v", 4, 8.0f, 0, 1, 0},    {"ada", "q,v", 4, 8.0f, 0, 0, 1}};
+    } mk[] = {{"a_qv", "q,v", 4, 8.0f, 0, 0, 0},  {"b_qv", "q,v", 4, 16.0f, 0, 0, 0},
+              {"c_qk", "q,k", 4, 4.0f, 0, 0, 0},  {"d_mix", "q,v,c_proj,c_fc", 2, 4.0f, 1, 0, 0},
+              {"e_qv2", "q,v", 2, 2.0f, 0, 0, 0}, {"f_proj", "c_proj", 4, 8.0f, 0, 0, 0},
+              {"w_qv", "q,v", 4, 8.0f, 0, 1, 0},  {"ada", "q,v", 4, 8.0f, 0, 0, 1}};
     for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++) {
         snprintf(out, sizeof out, "%s/%s", dir, mk[i].name);
         if (combine_make_adapter(mk[i].wide ? wide : model, out,
@@ -49,14 +49,16 @@ static int logits(const char *model, const char *adapter_dir, const char *out) {
     lora_model *m = NULL;
     lora_error  err;
     int32_t     tok[NB * NT];
-    if (lora_model_load(model, &m, &err) != LORA_OK || lora_adapter_load(m, adapter_dir, &err) != LORA_OK) {
+    if (lora_model_load(model, &m, &err) != LORA_OK ||
+        lora_adapter_load(m, adapter_dir, &err) != LORA_OK) {
         fprintf(stderr, "combine_fixture: %s\n", err.msg);
         lora_model_free(m);
         return 1;
     }
     int32_t V = lora_model_config(m)->vocab_size;
-    for (int i = 0; i < NB * NT; i++) tok[i] = (int32_t)((i * 13 + 5) % V);
-    st_writer  *w  = st_writer_new();
+    for (int i = 0; i < NB * NT; i++)
+        tok[i] = (int32_t)((i * 13 + 5) % V);
+    st_writer  *w      = st_writer_new();
     int64_t     st_[2] = {NB, NT}, sl[3] = {NB, NT, V};
     lora_status st = lora_model_forward(m, tok, NULL, NB, NT, NULL, &err);
     if (st == LORA_OK) st = st_writer_add(w, "tokens", ST_I32, 2, st_, tok, &err);

@@ -28,12 +28,16 @@ typedef struct src {
 } src;
 
 static src a_qv = {"a_qv", "", NULL}, b_qv = {"b_qv", "", NULL}, c_qk = {"c_qk", "", NULL},
-           d_mix = {"d_mix", "", NULL}, e_qv2 = {"e_qv2", "", NULL},
-           f_proj = {"f_proj", "", NULL}, w_qv = {"w_qv", "", NULL};
+           d_mix = {"d_mix", "", NULL}, e_qv2 = {"e_qv2", "", NULL}, f_proj = {"f_proj", "", NULL},
+           w_qv = {"w_qv", "", NULL};
 static char ada_dir[2400];
 
-static int module_in(int mod) { return mod == 3 ? F : C; }
-static int module_out(int mod) { return mod == 0 ? 3 * C : mod == 2 ? F : C; }
+static int module_in(int mod) {
+    return mod == 3 ? F : C;
+}
+static int module_out(int mod) {
+    return mod == 0 ? 3 * C : mod == 2 ? F : C;
+}
 
 static double **delta_alloc(void) {
     double **dw = calloc((size_t)L * 4, sizeof *dw);
@@ -43,7 +47,8 @@ static double **delta_alloc(void) {
 }
 
 static void delta_free(double **dw) {
-    for (int i = 0; dw && i < L * 4; i++) free(dw[i]);
+    for (int i = 0; dw && i < L * 4; i++)
+        free(dw[i]);
     free(dw);
 }
 
@@ -57,7 +62,8 @@ static float *logits_of(const char *dir, double **dw) {
     test_condf(lora_model_load(model_dir, &m, &err) == LORA_OK, "load: %s", err.msg);
     if (!m) return NULL;
     int32_t V = lora_model_config(m)->vocab_size;
-    for (int i = 0; i < NB * NT; i++) tok[i] = (int32_t)((i * 13 + 5) % V);
+    for (int i = 0; i < NB * NT; i++)
+        tok[i] = (int32_t)((i * 13 + 5) % V);
     if (dir) test_condf(lora_adapter_load(m, dir, &err) == LORA_OK, "load %s: %s", dir, err.msg);
     if (dw) {
         lora_adapter_params p = lora_adapter_params_default();
@@ -88,7 +94,9 @@ static float *logits_of(const char *dir, double **dw) {
     return out;
 }
 
-static size_t n_logits(void) { return (size_t)NB * NT * 61; }
+static size_t n_logits(void) {
+    return (size_t)NB * NT * 61;
+}
 
 /* The fused (c_attn: slices stacked) A (R, in) and B (out, R) of one module of a live model;
  * R = 0 when the model has no adapter there. */
@@ -100,7 +108,8 @@ static void fused(const lora_model *m, int layer, int mod, double **A, double **
     lora_sites_list(m, sites, n);
     *R = 0;
     for (int32_t i = 0; i < n; i++)
-        if (sites[i].layer == layer && combine_module_index(sites[i].target) == mod) *R += sites[i].r;
+        if (sites[i].layer == layer && combine_module_index(sites[i].target) == mod)
+            *R += sites[i].r;
     *A = calloc((size_t)(*R ? *R : 1) * in, sizeof(double));
     *B = calloc((size_t)out * (*R ? *R : 1), sizeof(double));
     for (int32_t i = 0; i < n; i++) {
@@ -108,7 +117,8 @@ static void fused(const lora_model *m, int layer, int mod, double **A, double **
         if (v->layer != layer || combine_module_index(v->target) != mod) continue;
         int row0 = v->target == LORA_TARGET_K ? C : v->target == LORA_TARGET_V ? 2 * C : 0;
         for (int k = 0; k < v->r; k++)
-            for (int j = 0; j < in; j++) (*A)[(size_t)(k0 + k) * in + j] = v->A[(size_t)k * in + j];
+            for (int j = 0; j < in; j++)
+                (*A)[(size_t)(k0 + k) * in + j] = v->A[(size_t)k * in + j];
         for (int o = 0; o < v->len; o++)
             for (int k = 0; k < v->r; k++)
                 (*B)[(size_t)(row0 + o) * *R + k0 + k] = v->B[(size_t)o * v->r + k];
@@ -135,8 +145,10 @@ static double **linear_delta(const src *x, double wx, const src *y, double wy) {
                 for (int i = 0; i < 2; i++) {
                     if (!R[i]) continue;
                     double ws = w[i] * s[i], b = sqrt(fabs(ws)), a = ws < 0 ? -b : b;
-                    for (size_t e = 0; e < (size_t)r * in; e++) sa[e] += a * A[i][e];
-                    for (size_t e = 0; e < (size_t)out * r; e++) sb[e] += b * B[i][e];
+                    for (size_t e = 0; e < (size_t)r * in; e++)
+                        sa[e] += a * A[i][e];
+                    for (size_t e = 0; e < (size_t)out * r; e++)
+                        sb[e] += b * B[i][e];
                 }
                 for (int o = 0; o < out; o++)
                     for (int j = 0; j < in; j++)
@@ -161,7 +173,9 @@ static int combine2(const src *x, double wx, const src *y, double wy, lora_combi
     return lora_adapters_combine(dirs, w, y ? 2 : 1, how, R, out, err);
 }
 
-static void out_path(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", root, name); }
+static void out_path(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "%s/%s", root, name);
+}
 
 static int exists(const char *path) {
     struct stat sb;
@@ -207,7 +221,7 @@ static void slices_meta(const char *dir, char *buf, size_t n) {
 static void check_logits(const char *what, const char *dir, double **dw, double tol) {
     float *got = logits_of(dir, NULL), *want = logits_of(NULL, dw), *base = logits_of(NULL, NULL);
     if (got && want && base) {
-        double rel = test_rel_norm_diff(got, want, n_logits());
+        double rel   = test_rel_norm_diff(got, want, n_logits());
         double moved = test_rel_norm_diff(base, want, n_logits());
         test_condf(rel < tol, "%s: logits differ from the weighted delta W by %.3g (rel)", what,
                    rel);
@@ -220,7 +234,7 @@ static void check_logits(const char *what, const char *dir, double **dw, double 
 }
 
 static void test_cat(void) {
-    char out[2600], meta[256];
+    char       out[2600], meta[256];
     lora_error err;
     out_path(out, sizeof out, "cat_ab");
     test_condf(combine2(&a_qv, 0.7, &b_qv, -0.3, LORA_COMBINE_CAT, 0, out, &err) == LORA_OK,
@@ -294,8 +308,8 @@ static void test_linear(void) {
     out_path(out, sizeof out, "lin_ab");
     test_condf(combine2(&a_qv, 0.7, &b_qv, -0.3, LORA_COMBINE_LINEAR, 0, out, &err) == LORA_OK,
                "linear: %s", err.msg);
-    test_cond("linear: r kept", config_number(out, "r") == 8 &&
-                                    config_number(out, "lora_alpha") == 8);
+    test_cond("linear: r kept",
+              config_number(out, "r") == 8 && config_number(out, "lora_alpha") == 8);
     slices_meta(out, meta, sizeof meta);
     test_condf(!strcmp(meta, "0:q,v;1:q,v"), "linear of q,v adapters: slices '%s'", meta);
     lora_model *m = NULL;
@@ -400,15 +414,14 @@ static void test_errors(void) {
     expect_error("AdaLoRA", st, LORA_ERR_UNSUPPORTED, &err, ada_dir, "AdaLoRA", out);
 
     st = combine2(&a_qv, 1, &b_qv, 1, LORA_COMBINE_SVD, 33, out, &err);
-    expect_error("svd rank > min(in, out)", st, LORA_ERR_SHAPE, &err, a_qv.dir,
-                 "min(in, out) = 32", out);
+    expect_error("svd rank > min(in, out)", st, LORA_ERR_SHAPE, &err, a_qv.dir, "min(in, out) = 32",
+                 out);
     st = combine2(&a_qv, 1, &b_qv, 1, LORA_COMBINE_SVD, 70000, out, &err);
     expect_error("svd rank > 65536", st, LORA_ERR_ARG, &err, NULL, "outside 1..65536", out);
     st = combine2(&a_qv, 1, &b_qv, 1, LORA_COMBINE_CAT, 4, out, &err);
     expect_error("rank with cat", st, LORA_ERR_ARG, &err, NULL, "combination is cat", out);
     st = combine2(&a_qv, 1, NULL, 0, LORA_COMBINE_SVD, 4, out, &err);
-    expect_error("rank with one adapter", st, LORA_ERR_ARG, &err, a_qv.dir, "single adapter",
-                 out);
+    expect_error("rank with one adapter", st, LORA_ERR_ARG, &err, a_qv.dir, "single adapter", out);
     st = combine2(&a_qv, NAN, &b_qv, 1, LORA_COMBINE_CAT, 0, out, &err);
     expect_error("NaN weight", st, LORA_ERR_ARG, &err, a_qv.dir, "not finite", out);
 
@@ -438,8 +451,8 @@ static void test_errors(void) {
     st = lora_combine_how_parse("sum", &how, &err);
     expect_error("unknown combination", st, LORA_ERR_ARG, &err, NULL, "'sum' (linear, cat or svd)",
                  NULL);
-    test_cond("parse cat", lora_combine_how_parse("cat", &how, NULL) == LORA_OK &&
-                               how == LORA_COMBINE_CAT);
+    test_cond("parse cat",
+              lora_combine_how_parse("cat", &how, NULL) == LORA_OK && how == LORA_COMBINE_CAT);
 
     /* an output directory in the way: an input itself, left intact */
     st = combine2(&a_qv, 1, &b_qv, 1, LORA_COMBINE_CAT, 0, b_qv.dir, &err);
@@ -477,13 +490,11 @@ int main(void) {
         int32_t     r;
         float       alpha;
         int         rslora;
-    } mk[] = {{&a_qv, model_dir, "q,v", 4, 8.0f, 0},
-              {&b_qv, model_dir, "q,v", 4, 16.0f, 0},
-              {&c_qk, model_dir, "q,k", 4, 4.0f, 0},
-              {&d_mix, model_dir, "q,v,c_proj,c_fc", 2, 4.0f, 1},
-              {&e_qv2, model_dir, "q,v", 2, 2.0f, 0},
-              {&f_proj, model_dir, "c_proj", 4, 8.0f, 0},
-              {&w_qv, wide_dir, "q,v", 4, 8.0f, 0}};
+    } mk[] = {
+        {&a_qv, model_dir, "q,v", 4, 8.0f, 0},  {&b_qv, model_dir, "q,v", 4, 16.0f, 0},
+        {&c_qk, model_dir, "q,k", 4, 4.0f, 0},  {&d_mix, model_dir, "q,v,c_proj,c_fc", 2, 4.0f, 1},
+        {&e_qv2, model_dir, "q,v", 2, 2.0f, 0}, {&f_proj, model_dir, "c_proj", 4, 8.0f, 0},
+        {&w_qv, wide_dir, "q,v", 4, 8.0f, 0}};
     for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++) {
         snprintf(mk[i].s->dir, sizeof mk[i].s->dir, "%s/%s", root, mk[i].s->name);
         if (combine_make_adapter(mk[i].model, mk[i].s->dir, LORA_METHOD_LORA, mk[i].targets,
@@ -499,7 +510,8 @@ int main(void) {
     test_linear();
     test_errors();
 
-    for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++) lora_model_free(mk[i].s->m);
+    for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++)
+        lora_model_free(mk[i].s->m);
     int rc = test_report("test_combine");
     if (rc == 0) nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS); /* kept when a check failed */
     return rc;
