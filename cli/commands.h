@@ -35,6 +35,8 @@ int cmd_merge(int argc, char **argv);
  * *has_scale; 0 on success, -1 for an empty DIR or out of memory. */
 int cli_parse_adapter(const char *arg, char **dir, float *scale, int *has_scale);
 
+int cmd_combine(int argc, char **argv);
+
 /* Prints "lora <cmd>: <msg>" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -497,6 +497,55 @@ lora_status lora_adapter_switch(lora_model *m, const char *old_name, const char 
 lora_status lora_model_save_hf_atomic(lora_model *m, const char *dir, lora_dtype dtype,
                                       lora_error *err);
 
+/* ---- combining adapters ---- */
+
+/*
+ * How lora_adapters_combine mixes adapters i = 1..n with weights w_i and scales s_i
+ * (alpha_i / r_i, or alpha_i / sqrt(r_i) with rsLoRA), as PEFT's add_weighted_adapter does.
+ * The result has r = lora_alpha = R (scale 1) and delta W = B A.
+ */
+typedef enum lora_combine_how {
+    LORA_COMBINE_LINEAR = 0, /* equal ranks r: A = sum sgn(w_i s_i) sqrt|w_i s_i| A_i and
+                                B = sum sqrt|w_i s_i| B_i, R = r. B A is NOT sum w_i s_i B_i A_i
+                                for n > 1 (cross terms B_i A_j), as in PEFT */
+    LORA_COMBINE_CAT    = 1, /* A = [w_1 s_1 A_1; w_2 s_2 A_2; ...], B = [B_1 B_2 ...],
+                                R = sum r_i: B A = sum w_i s_i B_i A_i exactly */
+    LORA_COMBINE_SVD    = 2  /* sum w_i s_i B_i A_i truncated to rank R by SVD: B = U_R S_R,
+                                A = V_R^T; R = svd_rank, or the largest r_i */
+} lora_combine_how;
+
+/* Parses "linear", "cat" or "svd"; LORA_ERR_ARG naming the accepted values otherwise. */
+lora_status lora_combine_how_parse(const char *s, lora_combine_how *out, lora_error *err);
+
+/*
+ * Writes to out_dir a PEFT LoRA directory combining the n >= 1 LoRA adapter directories dirs
+ * (ours or PEFT's) with weights (finite, any sign), as PEFT's
+ * LoraModel.add_weighted_adapter(adapters, weights, name, combination_type, svd_rank) followed
+ * by save_pretrained would:
+ *  - one adapter is always combined linearly (PEFT does the same), so svd_rank must be 0;
+ *  - the ranks compared and added are each adapter's config rank (r, or the largest
+ *    rank_pattern value); linear also needs equal ranks module by module;
+ *  - a module (layer and linear) missing from some adapters is combined from those that have
+ *    it; with cat its A and B are zero-padded to R;
+ *  - svd_rank 0 means the largest input rank; each module needs R <= min(in, out); the SVD is
+ *    LAPACK's (in double precision, of a rank-sized matrix after QR factorisations of the
+ *    stacked factors when R <= sum r_i <= min(in, out), else of dW whole); no clamping (PEFT's
+ *    default svd_clamp = None); BLAS and LAPACK run on one thread during the call;
+ *  - the config is the first adapter's with r = lora_alpha = R, the union of target_modules,
+ *    empty rank_pattern / alpha_pattern (a linear module of another rank gets its own entries)
+ *    and use_rslora false, so that every module's scale is 1;
+ *  - tensors are written F32; the q/k/v slice metadata of a c_attn module is kept only when
+ *    every input has the same slices there and the output's B still has their block structure.
+ * The directory appears atomically (written under out_dir.tmp.<pid>, then renamed); an
+ * existing out_dir must be an empty directory. Errors name the file and the problem:
+ * LORA_ERR_UNSUPPORTED for AdaLoRA or other non-LoRA adapters, LORA_ERR_SHAPE for ranks that
+ * linear cannot mix, adapters of different base models or an svd_rank out of range,
+ * LORA_ERR_ARG for bad arguments, LORA_ERR_MISSING / FORMAT / IO from the files.
+ */
+lora_status lora_adapters_combine(const char *const *dirs, const double *weights, int32_t n,
+                                  lora_combine_how how, int32_t svd_rank, const char *out_dir,
+                                  lora_error *err);
+
 /* ---- GGUF ---- */
 
 /*

@@ -91,4 +91,31 @@ int32_t lora_sites_list(const lora_model *m, lora_site_view *out, int32_t cap);
  * LORA_ERR_STATE when neither method is attached. */
 lora_status peft_lora_views(lora_model *m, lora_site_view **out, int32_t *n, lora_error *err);
 
+/* ---- PEFT directory pieces (peft_io.c), shared with combine.c ---- */
+
+struct cJSON;
+
+/* safetensors metadata key listing the q/k/v slices of fused c_attn adapters: "0:q,v;1:q,v" */
+#define PEFT_SLICES_META "lora.c_attn_slices"
+
+/* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight": 1 and the
+ * layer, the module's LORA_TARGET_* bit (C_ATTN for c_attn) and whether it is B; else 0. */
+int peft_key_parse(const char *key, int32_t *layer, uint32_t *target, int *is_b);
+/* Reads and checks adapter_config.json of a LoRA adapter (peft_type LORA, r, lora_alpha; no
+ * bias training, DoRA or modules_to_save). On success *root is owned: cJSON_Delete it. */
+lora_status peft_config_read(const char *path, lora_adapter_params *p, struct cJSON **root,
+                             lora_error *err);
+/* The value of PEFT's rank_pattern / alpha_pattern for module "h.N.attn.c_attn", or dflt. */
+double peft_pattern_number(const struct cJSON *pat, const char *mod, double dflt);
+/* "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj" for a module's target bit. */
+const char *peft_module_name(uint32_t target);
+/* The module's entry in PEFT's target_modules ("c_attn", "attn.c_proj", "c_fc", ...). */
+const char *peft_target_entry(uint32_t target);
+/* The Q|K|V bits of a fused c_attn B (3C, R) that is block-structured as lora_adapter_save
+ * writes it (with hint "q,v" or "q=3,v=1" from the metadata: those slices and ranks, verified),
+ * or 0 if it is not. */
+uint32_t peft_c_attn_slices(const float *B, int32_t C, int32_t R, const char *hint);
+/* The slices of one layer ("q,v") in PEFT_SLICES_META's value, copied to buf; NULL if absent. */
+const char *peft_slices_hint(const char *meta, int32_t layer, char *buf, size_t n);
+
 #endif

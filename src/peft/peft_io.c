@@ -643,3 +643,31 @@ done:
     cJSON_Delete(root);
     return st;
 }
+
+/* ---- pieces of the format shared with combine.c ---- */
+
+int peft_key_parse(const char *key, int32_t *layer, uint32_t *target, int *is_b) {
+    return parse_key(key, layer, target, is_b);
+}
+
+lora_status peft_config_read(const char *path, lora_adapter_params *p, cJSON **root,
+                             lora_error *err) {
+    return read_config(path, p, root, err);
+}
+
+double peft_pattern_number(const cJSON *pat, const char *mod, double dflt) {
+    return pattern_number(pat, mod, dflt);
+}
+
+const char *peft_module_name(uint32_t target) { return module_name(target); }
+
+const char *peft_target_entry(uint32_t target) { return target_entry(target); }
+
+uint32_t peft_c_attn_slices(const float *B, int32_t C, int32_t R, const char *hint) {
+    int32_t rank[3];
+    return detect_slices(B, C, R, hint, rank);
+}
+
+const char *peft_slices_hint(const char *meta, int32_t layer, char *buf, size_t n) {
+    return slices_hint(meta, layer, buf, n);
+}
