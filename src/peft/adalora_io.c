@@ -308,21 +308,16 @@ typedef struct ada_in {
 /* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|E|B)[.<adapter name>]";
  * which: 0 A, 1 E, 2 B. */
 static int parse_key(const char *key, int32_t *layer, int32_t *module, int *which) {
-    const char *p = key;
-    if (!strncmp(p, "base_model.model.", 17)) p += 17;
-    if (!strncmp(p, "transformer.", 12)) p += 12;
-    if (strncmp(p, "h.", 2)) return 0;
-    char *end;
-    long  l = strtol(p + 2, &end, 10);
-    if (end == p + 2 || *end != '.' || l < 0 || l > 100000) return 0;
-    p = end + 1;
+    int32_t     l;
+    const char *p = peft_key_layer(key, &l);
+    if (!p) return 0;
     for (int i = 0; i < N_MODULES; i++) {
         size_t n = strlen(modules[i].name);
         if (strncmp(p, modules[i].name, n) || strncmp(p + n, ".lora_", 6)) continue;
         char c = p[n + 6];
         if ((c != 'A' && c != 'E' && c != 'B') || (p[n + 7] && p[n + 7] != '.')) return 0;
         if (p[n + 7] == '.' && (!p[n + 8] || strchr(p + n + 8, '.'))) return 0; /* ".weight" */
-        *layer  = (int32_t)l;
+        *layer  = l;
         *module = i;
         *which  = c == 'A' ? 0 : c == 'E' ? 1 : 2;
         return 1;

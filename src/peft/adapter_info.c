@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "io/fileutil.h"
 #include "io/safetensors.h"
+#include "peft/peft.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -54,20 +55,15 @@ static int target_order(uint32_t target) {
 
 /* "[base_model.model.][transformer.]h.N.<module>.lora_(A|B|E)..." -> layer, module, letter */
 static int parse_key(const char *key, int32_t *layer, int *module, char *which) {
-    const char *p = key;
-    if (!strncmp(p, "base_model.model.", 17)) p += 17;
-    if (!strncmp(p, "transformer.", 12)) p += 12;
-    if (strncmp(p, "h.", 2)) return 0;
-    char *end;
-    long  l = strtol(p + 2, &end, 10);
-    if (end == p + 2 || *end != '.' || l < 0 || l > 100000) return 0;
-    p = end + 1;
+    int32_t     l;
+    const char *p = peft_key_layer(key, &l);
+    if (!p) return 0;
     for (int i = 0; i < N_MODULES; i++) {
         size_t n = strlen(modules[i].name);
         if (strncmp(p, modules[i].name, n) || strncmp(p + n, ".lora_", 6)) continue;
         char c = p[n + 6];
         if ((c != 'A' && c != 'B' && c != 'E') || (p[n + 7] && p[n + 7] != '.')) return 0;
-        *layer  = (int32_t)l;
+        *layer  = l;
         *module = i;
         *which  = c;
         return 1;

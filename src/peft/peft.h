@@ -98,6 +98,9 @@ struct cJSON;
 /* safetensors metadata key listing the q/k/v slices of fused c_attn adapters: "0:q,v;1:q,v" */
 #define PEFT_SLICES_META "lora.c_attn_slices"
 
+/* Strips "[base_model.model.][transformer.]h.N." from a PEFT tensor key: the rest of the key
+ * and *layer = N, or NULL when the key does not start that way. */
+const char *peft_key_layer(const char *key, int32_t *layer);
 /* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight": 1 and the
  * layer, the module's LORA_TARGET_* bit (C_ATTN for c_attn) and whether it is B; else 0. */
 int peft_key_parse(const char *key, int32_t *layer, uint32_t *target, int *is_b);

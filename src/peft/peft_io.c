@@ -283,16 +283,23 @@ static const struct {
                {"mlp.c_fc", LORA_TARGET_MLP_FC},
                {"mlp.c_proj", LORA_TARGET_MLP_PROJ}};
 
-/* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight". */
-static int parse_key(const char *key, int32_t *layer, uint32_t *target, int *is_b) {
+const char *peft_key_layer(const char *key, int32_t *layer) {
     const char *p = key;
     if (!strncmp(p, "base_model.model.", 17)) p += 17;
     if (!strncmp(p, "transformer.", 12)) p += 12;
-    if (strncmp(p, "h.", 2)) return 0;
+    if (strncmp(p, "h.", 2)) return NULL;
     char *end;
     long  l = strtol(p + 2, &end, 10);
-    if (end == p + 2 || *end != '.' || l < 0 || l > 100000) return 0;
-    p = end + 1;
+    if (end == p + 2 || *end != '.' || l < 0 || l > 100000) return NULL;
+    *layer = (int32_t)l;
+    return end + 1;
+}
+
+/* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight". */
+static int parse_key(const char *key, int32_t *layer, uint32_t *target, int *is_b) {
+    int32_t     l;
+    const char *p = peft_key_layer(key, &l);
+    if (!p) return 0;
     for (size_t i = 0; i < sizeof modules / sizeof modules[0]; i++) {
         size_t n = strlen(modules[i].name);
         if (strncmp(p, modules[i].name, n) || p[n] != '.') continue;
@@ -306,7 +313,7 @@ static int parse_key(const char *key, int32_t *layer, uint32_t *target, int *is_
         } else {
             return 0;
         }
-        *layer  = (int32_t)l;
+        *layer  = l;
         *target = modules[i].target;
         return 1;
     }
