@@ -55,7 +55,7 @@ static void demo_usage(FILE *out) {
             "  --alpha A       LoRA alpha (default 32)\n"
             "  --steps N       training steps (default 700)\n"
             "  --batch B       batch size (default 8)\n"
-            "  --lr LR         peak learning rate (default 2e-3 for LoRA, 5e-4 otherwise)\n"
+            "  --lr LR         peak learning rate (default 2e-3 for LoRA and AdaLoRA, 5e-4 otherwise)\n"
             "  --beams K       beam search width for decoding (default 4; 1 = greedy)\n"
             "  --test N        test MRs to decode (default 100)\n"
             "  --seed S        data and training seed (default 1)\n"
