@@ -20,6 +20,7 @@ static const cli_command commands[] = {
     {"data", cmd_data, "write a data set: the synthetic E2E-style data-to-text task"},
     {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr and slot errors of outputs"},
     {"eval", cmd_eval, "loss, perplexity and token accuracy of a model on a JSONL dataset"},
+    {"bench", cmd_bench, "training speed, machine utilisation and memory on random tokens"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

@@ -8,3 +8,4 @@ add_test(NAME cli_inspect
 set_tests_properties(cli_inspect PROPERTIES LABELS unit)
 include(${CMAKE_CURRENT_LIST_DIR}/generate.cmake OPTIONAL)
 include(${CMAKE_CURRENT_LIST_DIR}/eval.cmake OPTIONAL)
+include(${CMAKE_CURRENT_LIST_DIR}/bench.cmake OPTIONAL)
