@@ -87,6 +87,14 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* A duration with a unit that keeps three or more digits: "1.234 s", "12.35 ms", "85.2 us". */
+static const char *fmt_dur(char *buf, size_t n, double s) {
+    if (s >= 1.0) snprintf(buf, n, "%.3f s", s);
+    else if (s >= 1e-3) snprintf(buf, n, "%.2f ms", s * 1e3);
+    else snprintf(buf, n, "%.1f us", s * 1e6);
+    return buf;
+}
+
 static double mib(double bytes) {
     return bytes / (1024.0 * 1024.0);
 }
@@ -277,9 +285,11 @@ static void print_report(const bench_opts *o, const lora_config *cfg, const benc
            (long long)o->steps);
     printf("loss       %.4f at the first step, %.4f at the last (same batch every step)\n",
            (double)r->loss_first, (double)r->loss_last);
-    printf("\nspeed      %.1f tokens/s (step %.3f s median, %.3f min, %.3f max)\n",
-           r->tokens_per_s, r->median_s, r->min_s, r->max_s);
-    printf("FLOPs      %.2f GFLOP per step (forward %.2f, backward %.2f; attention counts the "
+    char d0[32], d1[32], d2[32];
+    printf("\nspeed      %.1f tokens/s (step %s median, %s min, %s max)\n", r->tokens_per_s,
+           fmt_dur(d0, sizeof d0, r->median_s), fmt_dur(d1, sizeof d1, r->min_s),
+           fmt_dur(d2, sizeof d2, r->max_s));
+    printf("FLOPs      %.4g GFLOP per step (forward %.4g, backward %.4g; attention counts the "
            "full T x T square)\n",
            r->flops.total / 1e9, r->flops.forward / 1e9, r->flops.backward / 1e9);
     double gfs = r->flops.total * (double)o->steps / r->total_s / 1e9;
