@@ -49,6 +49,14 @@ done
 "$lora" bench "$work/m" --targets all --r 2 --batch 1 --seq-len 4 --steps 1 --no-peak \
     --json | grep -qF '"targets":"c_attn,c_proj,c_fc,mlp.c_proj"' && ok || bad "--targets all"
 
+# the estimate is the one `lora inspect` prints for the same method and shape
+"$mk" "$work/big" vocab=20000 || { echo "cannot make model" >&2; exit 1; }
+want=$("$lora" inspect "$work/big" --method full --batch 2 --seq-len 16 --no-tensors |
+       sed -n 's/^  total *\([0-9.]*\) MiB$/\1/p')
+got=$("$lora" bench "$work/big" --method full --batch 2 --seq-len 16 --steps 1 --warmup 0 \
+      --no-peak | sed -n 's/^memory .* estimate \([0-9.]*\) MiB .*/\1/p')
+[ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "estimate '$got' MiB, inspect '$want' MiB"
+
 # the machine peaks alone
 pk=$("$lora" bench --peak-only --threads 1 --json 2>&1)
 echo "$pk" | grep -q '"fma_gflops":[0-9]' && echo "$pk" | grep -q '"sgemm_gflops":[0-9]' \
