@@ -633,7 +633,7 @@ int32_t lora_argmax(const float *logits, int32_t n);
  *              backward 4·N·r·(in + len) (dB, dU, dA, dX)
  */
 typedef struct lora_flops {
-    double linear;    /* the transformer's linears (frozen W0: forward + dX) */
+    double linear;    /* the transformer's linears: forward, dX, and dW when trainable */
     double attention; /* score and weighted-sum products, full square */
     double lm_head;   /* the logits product and its gradients */
     double adapter;   /* the adapters' low-rank products */
