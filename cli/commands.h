@@ -36,6 +36,7 @@ int cmd_merge(int argc, char **argv);
 int cli_parse_adapter(const char *arg, char **dir, float *scale, int *has_scale);
 
 int cmd_combine(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Prints "lora <cmd>: <msg>" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -22,6 +22,7 @@ static const cli_command commands[] = {
     {"score", cmd_score, "BLEU, NIST, ROUGE-L, CIDEr and slot errors of outputs"},
     {"eval", cmd_eval, "loss, perplexity and token accuracy of a model on a JSONL dataset"},
     {"combine", cmd_combine, "mix LoRA adapters with weights (linear, cat, svd), as PEFT"},
+    {"bench", cmd_bench, "training speed, machine utilisation and memory on random tokens"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

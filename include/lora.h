@@ -782,6 +782,82 @@ int32_t lora_sampler_sample(lora_sampler *s, const float *logits, uint64_t draw)
 /* Index of the largest logit, the lowest among equal maxima; NaN counts as -infinity. */
 int32_t lora_argmax(const float *logits, int32_t n);
 
+/* ---- performance: FLOP counts, per-op profile, machine peaks ---- */
+
+/*
+ * Model FLOPs of one training step (forward + backward) for a config, method and batch shape,
+ * N = B·T rows, a multiply-add counted as 2 FLOPs. Elementwise work (layer norm, GELU, softmax,
+ * residuals, cross-entropy, the optimizer) is not counted. Per layer:
+ *   linear     forward 2·N·(C·3C + C·C + C·F + F·C); backward: dX of every linear (the same
+ *              again), plus dW (again) only for trainable weights (full fine-tuning)
+ *   attention  forward 4·B·T²·C (Q·Kᵀ and P·V over the FULL T×T square, the convention of
+ *              PaLM's and nanoGPT's MFU, although the causal kernels do about half); backward 2×
+ *   lm_head    forward 2·N·C·V; backward dX 2·N·C·V, plus dW (tied wte) when trainable
+ *   adapter    LoRA/AdaLoRA on a site of width in -> len at rank r: forward 2·N·r·(in + len),
+ *              backward 4·N·r·(in + len) (dB, dU, dA, dX)
+ */
+typedef struct lora_flops {
+    double linear;    /* the transformer's linears: forward, dX, and dW when trainable */
+    double attention; /* score and weighted-sum products, full square */
+    double lm_head;   /* the logits product and its gradients */
+    double adapter;   /* the adapters' low-rank products */
+    double forward;   /* the forward part of the four above */
+    double backward;  /* the backward part */
+    double total;     /* forward + backward: one training step */
+} lora_flops;
+
+lora_status lora_estimate_flops(const lora_config *cfg, const lora_adapter_params *p, int32_t B,
+                                int32_t T, lora_flops *out, lora_error *err);
+
+/* The operations a profile splits a step into. */
+typedef enum lora_profile_op {
+    LORA_PROF_EMBEDDING = 0, /* token + position embeddings and their gradients */
+    LORA_PROF_LAYERNORM,     /* layer norms, forward and backward */
+    LORA_PROF_MATMUL,        /* the linears' W0 products: x·W0 + b forward, dX = dY·W0ᵀ */
+    LORA_PROF_MATMUL_DW,     /* weight and bias gradients of trainable linears (full, BitFit) */
+    LORA_PROF_ATTENTION,     /* causal softmax attention, forward and backward */
+    LORA_PROF_GELU,
+    LORA_PROF_RESIDUAL,      /* residual adds and zeroing the backward buffers */
+    LORA_PROF_LM_HEAD,       /* logits = ln_f(x)·wteᵀ, its dX and (when trainable) dW */
+    LORA_PROF_CROSS_ENTROPY, /* loss and its gradient over the vocabulary */
+    LORA_PROF_ADAPTER,       /* LoRA / AdaLoRA deltas, their gradients, dropout, regulariser */
+    LORA_PROF_OPTIMIZER,     /* zeroing gradients, grad-norm, clipping, AdamW, after-step */
+    LORA_PROF_N_OPS
+} lora_profile_op;
+
+/* Phases: which call the time was spent in. */
+enum { LORA_PROF_FORWARD = 0, LORA_PROF_BACKWARD = 1, LORA_PROF_STEP = 2, LORA_PROF_N_PHASES = 3 };
+
+typedef struct lora_profile {
+    double  op_s[LORA_PROF_N_PHASES][LORA_PROF_N_OPS]; /* seconds per op, by phase */
+    double  phase_s[LORA_PROF_N_PHASES]; /* wall seconds of lora_model_forward, _backward, and
+                                            _step + _zero_grad; what the ops leave is overhead */
+    int64_t n_calls[LORA_PROF_N_PHASES];
+} lora_profile;
+
+/*
+ * Starts (on != 0: counters zeroed) or stops (counters discarded) timing each operation of the
+ * model's forward, backward, zero_grad and step calls with a monotonic clock. Off (the default)
+ * costs one pointer test per operation; results are identical either way. LORA_ERR_NOMEM when
+ * the counters cannot be allocated.
+ */
+lora_status lora_model_set_profiling(lora_model *m, int on, lora_error *err);
+/* Copies the counters accumulated since profiling was turned on (zeros when it is off). */
+void lora_model_profile(const lora_model *m, lora_profile *out);
+/* "matmul", "attention", ...; NULL for an op out of range. */
+const char *lora_profile_op_name(int32_t op);
+
+/*
+ * The machine's single-precision FMA throughput in GFLOP/s: a register-resident loop of
+ * independent fused multiply-adds (the widest vectors the CPU runs: AVX-512, AVX2+FMA, else
+ * plain vector arithmetic), on n_threads OpenMP threads (<= 0: lora_get_threads()), best of
+ * several runs lasting about `seconds` in all. An upper bound no kernel can beat.
+ */
+double lora_machine_fma_gflops(int n_threads, double seconds);
+/* OpenBLAS sgemm on n x n x n (row-major, no transposes) in GFLOP/s, best of runs lasting about
+ * `seconds` in all, on lora_get_threads() threads; < 0 when the matrices cannot be allocated. */
+double lora_machine_sgemm_gflops(int32_t n, double seconds);
+
 #ifdef __cplusplus
 }
 #endif

@@ -429,45 +429,44 @@ void residual_backward(float *da, float *db, const float *dout, size_t n) {
 
 /* ---- causal self-attention ---- */
 
-static inline float dot(const float *restrict a, const float *restrict b, int n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+/*
+ * Attention runs per (batch, head) pair bh = b · NH + h, the pairs in parallel, each on blocks
+ * of ATT_BLOCK query rows: the block's scores against the keys up to its last row and the
+ * products with V are matrix products (sgemm, single-threaded inside the parallel loop), so
+ * only about half of the T × T square is computed (the causal part, plus the upper triangle of
+ * each diagonal block, which is masked). The softmax is per row, in the order of the reference.
+ */
+#define ATT_BLOCK 64
+
+/* Softmax of scores row[0..t] in place (max-shifted, summed in double); row[t+1..T) = 0. */
+static void causal_softmax_row(float *row, int t, int T) {
+    float mx = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) mx = row[t2] > mx ? row[t2] : mx;
+    for (int t2 = 0; t2 <= t; t2++) row[t2] = exp_fast(row[t2] - mx);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int t2 = 0; t2 <= t; t2++) sum += row[t2];
+    float inv = (float)(1.0 / sum);
+    for (int t2 = 0; t2 <= t; t2++) row[t2] *= inv;
+    for (int t2 = t + 1; t2 < T; t2++) row[t2] = 0.0f;
 }
 
-/* y += alpha · x */
-static inline void axpy(float *restrict y, float alpha, const float *restrict x, int n) {
-    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
-}
-
-/* Every query of one (batch, head) pair bh = b · NH + h. */
 static void attention_head_forward(float *out, float *att, const float *qkv, int T, int C,
                                    int NH, long bh) {
-    int          b = (int)(bh / NH), h = (int)(bh % NH), hs = C / NH;
+    int          b = (int)(bh / NH), h = (int)(bh % NH), hs = C / NH, C3 = 3 * C;
     float        scale = (float)(1.0 / sqrt((double)hs));
-    size_t       C3    = 3 * (size_t)C;
-    const float *base  = qkv + (size_t)b * T * C3 + (size_t)h * hs; /* q of t = 0 */
-    for (int t = 0; t < T; t++) {
-        const float *q   = base + t * C3;
-        float       *row = att + ((size_t)bh * T + t) * T;
-        float        mx  = -INFINITY;
-        for (int t2 = 0; t2 <= t; t2++) {
-            float s = dot(q, base + t2 * C3 + C, hs) * scale;
-            row[t2] = s;
-            mx      = s > mx ? s : mx;
-        }
-        for (int t2 = 0; t2 <= t; t2++) row[t2] = exp_fast(row[t2] - mx);
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int t2 = 0; t2 <= t; t2++) sum += row[t2];
-        float inv = (float)(1.0 / sum);
-        for (int t2 = 0; t2 <= t; t2++) row[t2] *= inv;
-        for (int t2 = t + 1; t2 < T; t2++) row[t2] = 0.0f;
-
-        float *o = out + ((size_t)b * T + t) * C + (size_t)h * hs;
-        for (int i = 0; i < hs; i++) o[i] = 0.0f;
-        for (int t2 = 0; t2 <= t; t2++) axpy(o, row[t2], base + t2 * C3 + 2 * C, hs);
+    const float *q     = qkv + (size_t)b * T * C3 + (size_t)h * hs; /* (T, hs), row stride 3C */
+    const float *k     = q + C, *v = q + 2 * C;
+    float       *p     = att + (size_t)bh * T * T;                    /* (T, T) */
+    float       *o     = out + (size_t)b * T * C + (size_t)h * hs;    /* (T, hs), row stride C */
+    for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+        int t1 = t0 + ATT_BLOCK < T ? t0 + ATT_BLOCK : T, m = t1 - t0;
+        /* scores (m, t1) = q[t0:t1] · k[0:t1]ᵀ / sqrt(hs) */
+        gemm(0, 1, m, t1, hs, scale, q + (size_t)t0 * C3, C3, k, C3, 0.0f, p + (size_t)t0 * T,
+             T);
+        for (int t = t0; t < t1; t++) causal_softmax_row(p + (size_t)t * T, t, T);
+        /* out[t0:t1] = P[t0:t1, 0:t1] · v[0:t1] (the masked entries are zeros) */
+        gemm(0, 0, m, hs, t1, 1.0f, p + (size_t)t0 * T, T, v, C3, 0.0f, o + (size_t)t0 * C, C);
     }
 }
 
@@ -477,43 +476,48 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
 }
 
 /*
- * Scratch: one row of T floats per (b, h) pair, so the pairs can run in parallel; the row holds
- * dp[t2] = dout_t · v_t2 for the current query t, then is overwritten in place by the softmax
- * gradient ds[t2] = p[t2] (dp[t2] - Σ_j p[j] dp[j]) · scale.
+ * Scratch: an (ATT_BLOCK, T) block per (b, h) pair, so the pairs can run in parallel. It holds
+ * dP = dO · Vᵀ for a block of query rows, then, in place, the softmax gradient
+ * dS = P ⊙ (dP - rowsum(P ⊙ dP)) / sqrt(hs).
  */
 size_t attention_scratch_floats(int B, int T, int NH) {
-    return (size_t)B * NH * T;
+    size_t rows = T < ATT_BLOCK ? (size_t)T : ATT_BLOCK;
+    return (size_t)B * NH * rows * (size_t)T;
 }
 
 static void attention_head_backward(float *dqkv, float *scratch, const float *dout,
                                     const float *qkv, const float *att, int T, int C, int NH,
                                     long bh) {
-    int          b = (int)(bh / NH), h = (int)(bh % NH), hs = C / NH;
+    int          b = (int)(bh / NH), h = (int)(bh % NH), hs = C / NH, C3 = 3 * C;
     float        scale = (float)(1.0 / sqrt((double)hs));
-    size_t       C3    = 3 * (size_t)C;
     size_t       off   = (size_t)b * T * C3 + (size_t)h * hs;
-    const float *base  = qkv + off;
-    float       *dbase = dqkv + off;
-    float       *ds    = scratch + (size_t)bh * T;
-    for (int t = 0; t < T; t++) {
-        const float *p  = att + ((size_t)bh * T + t) * T;
-        const float *dy = dout + ((size_t)b * T + t) * C + (size_t)h * hs;
-        for (int t2 = 0; t2 <= t; t2++) {
-            ds[t2] = dot(dy, base + t2 * C3 + 2 * C, hs);
-            axpy(dbase + t2 * C3 + 2 * C, p[t2], dy, hs); /* dv */
-        }
-        double pdp = 0.0;
+    const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
+    float       *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
+    const float *p  = att + (size_t)bh * T * T;
+    const float *dy = dout + (size_t)b * T * C + (size_t)h * hs; /* (T, hs), row stride C */
+    size_t       rows = T < ATT_BLOCK ? (size_t)T : ATT_BLOCK;
+    float       *ds   = scratch + (size_t)bh * rows * T;          /* (rows, T) */
+    for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+        int          t1 = t0 + ATT_BLOCK < T ? t0 + ATT_BLOCK : T, m = t1 - t0;
+        const float *pb = p + (size_t)t0 * T, *dyb = dy + (size_t)t0 * C;
+        /* dv[0:t1] += P[t0:t1, 0:t1]ᵀ · dy[t0:t1] */
+        gemm(1, 0, t1, hs, m, 1.0f, pb, T, dyb, C, 1.0f, dv, C3);
+        /* dP (m, t1) = dy[t0:t1] · v[0:t1]ᵀ */
+        gemm(0, 1, m, t1, hs, 1.0f, dyb, C, v, C3, 0.0f, ds, T);
+        for (int i = 0; i < m; i++) {
+            int          t  = t0 + i;
+            const float *pr = pb + (size_t)i * T;
+            float       *dr = ds + (size_t)i * T;
+            double       pdp = 0.0;
 #pragma omp simd reduction(+ : pdp)
-        for (int t2 = 0; t2 <= t; t2++) pdp += p[t2] * ds[t2];
-        float pd = (float)pdp;
-        for (int t2 = 0; t2 <= t; t2++) ds[t2] = p[t2] * (ds[t2] - pd) * scale;
-
-        const float *q  = base + t * C3;
-        float       *dq = dbase + t * C3;
-        for (int t2 = 0; t2 <= t; t2++) {
-            axpy(dq, ds[t2], base + t2 * C3 + C, hs); /* dq */
-            axpy(dbase + t2 * C3 + C, ds[t2], q, hs); /* dk */
+            for (int t2 = 0; t2 <= t; t2++) pdp += pr[t2] * dr[t2];
+            float pd = (float)pdp;
+            for (int t2 = 0; t2 <= t; t2++) dr[t2] = pr[t2] * (dr[t2] - pd) * scale;
+            for (int t2 = t + 1; t2 < t1; t2++) dr[t2] = 0.0f;
         }
+        /* dq[t0:t1] += dS · k[0:t1];  dk[0:t1] += dSᵀ · q[t0:t1] */
+        gemm(0, 0, m, hs, t1, 1.0f, ds, T, k, C3, 1.0f, dq + (size_t)t0 * C3, C3);
+        gemm(1, 0, t1, hs, m, 1.0f, ds, T, q + (size_t)t0 * C3, C3, 1.0f, dk, C3);
     }
 }
 

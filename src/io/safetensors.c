@@ -590,6 +590,14 @@ const char *st_meta(const st_file *f, const char *key) {
     return NULL;
 }
 
+void st_tensor_release(const st_tensor *t) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || !t->data || t->nbytes == 0) return;
+    uintptr_t p = (uintptr_t)page, start = (uintptr_t)t->data;
+    uintptr_t a = (start + p - 1) / p * p, b = (start + t->nbytes) / p * p;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advisory: a failure changes nothing */
+}
+
 lora_status st_to_f32(float *dst, const st_tensor *t, const char *path, lora_error *err) {
     char   q[ST_QUOTE_MAX + 4];
     size_t esize = st_dtype_size(t->dtype), need;

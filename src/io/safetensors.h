@@ -81,6 +81,11 @@ const char *st_meta(const st_file *f, const char *key);
  */
 lora_status st_to_f32(float *dst, const st_tensor *t, const char *path, lora_error *err);
 
+/* Drops the whole pages of a tensor's mapped bytes from the process's resident set (after
+ * converting it, they are not needed): they stay in the page cache, and a later read faults them
+ * back in from the file. Partial pages shared with a neighbour are kept. */
+void st_tensor_release(const st_tensor *t);
+
 /* ---- a model directory: one file or shards ---- */
 
 typedef struct st_set {

@@ -200,7 +200,8 @@ static inline float dot(const float *restrict a, const float *restrict b, int n)
 /*
  * One query row and head against keys and values [0, n) of its sequence (row stride C):
  * scores q·k / sqrt(hs), a max-shifted softmax summed in double, then out = Σ p · v — the
- * operations of attention_forward in the same order. sc holds n floats of scratch.
+ * operations of attention_forward (which does the products as blocked sgemm calls, so results
+ * agree to rounding). sc holds n floats of scratch.
  */
 static void attend_one(float *out, float *sc, const float *q, const float *k, const float *v,
                        int n, int C, int hs, float scale) {

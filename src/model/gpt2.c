@@ -13,6 +13,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/kernels.h"
+#include "core/profile.h"
 #include "io/fileutil.h"
 #include "io/hf_config.h"
 #include "peft/adapters.h"
@@ -147,6 +148,7 @@ static lora_status load_weights(lora_model *m, lora_error *err) {
         const st_tensor *t = slots[i].t;
         if (needs_conversion(t)) {
             if ((st = st_to_f32(cur, t, slots[i].file->path, err)) != LORA_OK) goto done;
+            st_tensor_release(t); /* the F16/BF16 bytes are not read again */
             *slots[i].slot = cur;
             cur += t->numel;
         } else {
@@ -224,6 +226,7 @@ void lora_model_free(lora_model *m) {
     }
     if (m->method && m->method->free) m->method->free(m);
     tparams_free(&m->tp);
+    free(m->ctx.prof);
     free(m->act_mem);
     free(m->la);
     free(m->tokens); /* targets share its block */
@@ -440,7 +443,8 @@ const float *lora_model_logits(const lora_model *m) {
 
 lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32_t *targets,
                                int32_t B, int32_t T, float *loss, lora_error *err) {
-    const lora_config *c = &m->cfg;
+    const lora_config *c       = &m->cfg;
+    double             prof_t0 = m->ctx.prof ? prof_now() : 0.0;
     lora_status        st;
     if (!tokens) return lora_errorf(err, LORA_ERR_ARG, "forward: tokens is NULL");
     if (m->merged && targets && m->ctx.training)
@@ -461,39 +465,45 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
     m->T = T;
     m->ctx.pass++;
 
-    encoder_forward(m->encoded, tokens, m->wte, m->wpe, B, T, C);
+    m->ctx.prof_phase = LORA_PROF_FORWARD;
+#define P(op, stmt) PROF_OP(m->ctx.prof, LORA_PROF_FORWARD, op, stmt)
+    P(LORA_PROF_EMBEDDING, encoder_forward(m->encoded, tokens, m->wte, m->wpe, B, T, C));
     const float *residual = m->encoded;
     for (int32_t l = 0; l < c->n_layer; l++) {
         gpt2_layer      *ly = &m->layers[l];
         gpt2_layer_acts *a  = &m->la[l];
-        layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual, ly->ln_1_w, ly->ln_1_b, N,
-                          C, c->layer_norm_epsilon);
+        P(LORA_PROF_LAYERNORM, layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual,
+                                                 ly->ln_1_w, ly->ln_1_b, N, C,
+                                                 c->layer_norm_epsilon));
         linear_forward(&ly->c_attn, a->qkv, a->ln1, N, &m->ctx);
-        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        P(LORA_PROF_ATTENTION, attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
         linear_forward(&ly->attn_proj, a->res2, a->atty, N, &m->ctx);
-        residual_forward(a->res2, a->res2, residual, (size_t)N * C);
-        layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln_2_w, ly->ln_2_b, N,
-                          C, c->layer_norm_epsilon);
+        P(LORA_PROF_RESIDUAL, residual_forward(a->res2, a->res2, residual, (size_t)N * C));
+        P(LORA_PROF_LAYERNORM, layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                                 ly->ln_2_w, ly->ln_2_b, N, C,
+                                                 c->layer_norm_epsilon));
         linear_forward(&ly->c_fc, a->fch, a->ln2, N, &m->ctx);
         if (c->activation == LORA_ACT_GELU_ERF)
-            gelu_erf_forward(a->fch_gelu, a->fch, (size_t)N * F);
+            P(LORA_PROF_GELU, gelu_erf_forward(a->fch_gelu, a->fch, (size_t)N * F));
         else
-            gelu_forward(a->fch_gelu, a->fch, (size_t)N * F);
+            P(LORA_PROF_GELU, gelu_forward(a->fch_gelu, a->fch, (size_t)N * F));
         linear_forward(&ly->mlp_proj, a->res3, a->fch_gelu, N, &m->ctx);
-        residual_forward(a->res3, a->res3, a->res2, (size_t)N * C);
+        P(LORA_PROF_RESIDUAL, residual_forward(a->res3, a->res3, a->res2, (size_t)N * C));
         residual = a->res3;
     }
-    layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual, m->ln_f_w, m->ln_f_b, N, C,
-                      c->layer_norm_epsilon);
+    P(LORA_PROF_LAYERNORM, layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual,
+                                             m->ln_f_w, m->ln_f_b, N, C,
+                                             c->layer_norm_epsilon));
     /* logits (N,V) = lnf (N,C) · lm_headᵀ, lm_head (V,C) */
-    gemm(0, 1, N, V, C, 1.0f, m->lnf, C, m->lm_head, C, 0.0f, m->logits, V);
+    P(LORA_PROF_LM_HEAD, gemm(0, 1, N, V, C, 1.0f, m->lnf, C, m->lm_head, C, 0.0f, m->logits, V));
     m->logits_valid = 1;
     m->have_targets = targets != NULL;
     m->n_counted    = 0;
     if (targets) {
         memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
-        m->n_counted =
-            crossentropy_forward(m->losses, m->lse, m->logits, targets, N, V, m->label_smoothing);
+        P(LORA_PROF_CROSS_ENTROPY,
+          m->n_counted = crossentropy_forward(m->losses, m->lse, m->logits, targets, N, V,
+                                              m->label_smoothing));
         if (loss) {
             double sum = 0;
             for (int i = 0; i < N; i++) sum += m->losses[i];
@@ -501,17 +511,23 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
             /* a method's penalty (AdaLoRA) is part of the training loss only: validation
              * losses stay the plain cross-entropy, comparable across methods */
             if (m->ctx.training && m->method && m->method->regularizer)
-                *loss += m->method->regularizer(m, 0);
+                P(LORA_PROF_ADAPTER, *loss += m->method->regularizer(m, 0));
         }
     } else if (loss) {
         *loss = 0.0f;
+    }
+#undef P
+    if (m->ctx.prof) {
+        m->ctx.prof->phase_s[LORA_PROF_FORWARD] += prof_now() - prof_t0;
+        m->ctx.prof->n_calls[LORA_PROF_FORWARD]++;
     }
     return LORA_OK;
 }
 
 /* ---- backward ---- */
 
-lora_status lora_model_backward(lora_model *m, lora_error *err) {
+/* The backward pass proper (lora_model_backward times it when profiling). */
+static lora_status backward_pass(lora_model *m, lora_error *err) {
     const lora_config *c = &m->cfg;
     if (!m->have_targets || !m->logits_valid)
         return lora_errorf(err, LORA_ERR_STATE,
@@ -527,53 +543,107 @@ lora_status lora_model_backward(lora_model *m, lora_error *err) {
     size_t NC = (size_t)N * C, NF = (size_t)N * F;
     m->have_targets = 0;
     m->logits_valid = 0; /* the logits buffer becomes dlogits */
-    if (m->ctx.training && m->method && m->method->regularizer) m->method->regularizer(m, 1);
+#define P(op, stmt) PROF_OP(m->ctx.prof, LORA_PROF_BACKWARD, op, stmt)
+    if (m->ctx.training && m->method && m->method->regularizer)
+        P(LORA_PROF_ADAPTER, m->method->regularizer(m, 1));
     if (m->n_counted == 0) return LORA_OK; /* mean over nothing: zero gradient */
 
     float *dlogits = m->logits;
-    crossentropy_backward(dlogits, m->logits, m->lse, m->targets, N, V, m->label_smoothing,
-                          1.0f / (float)m->n_counted);
+    P(LORA_PROF_CROSS_ENTROPY,
+      crossentropy_backward(dlogits, m->logits, m->lse, m->targets, N, V, m->label_smoothing,
+                            1.0f / (float)m->n_counted));
     /* dlnf (N,C) = dlogits (N,V) · lm_head (V,C); dlm_head (V,C) += dlogitsᵀ · lnf */
-    gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->lm_head, C, 0.0f, m->dln, C);
-    if (m->dlm_head) gemm(1, 0, V, C, N, 1.0f, dlogits, V, m->lnf, C, 1.0f, m->dlm_head, C);
+    P(LORA_PROF_LM_HEAD, gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->lm_head, C, 0.0f, m->dln, C));
+    if (m->dlm_head)
+        P(LORA_PROF_LM_HEAD,
+          gemm(1, 0, V, C, N, 1.0f, dlogits, V, m->lnf, C, 1.0f, m->dlm_head, C));
 
     const float *last = c->n_layer ? m->la[c->n_layer - 1].res3 : m->encoded;
-    memset(m->dres, 0, NC * sizeof(float));
-    layernorm_backward(m->dres, m->dln_f_w, m->dln_f_b, m->dln, last, m->ln_f_w, m->lnf_mean,
-                       m->lnf_rstd, N, C);
+    P(LORA_PROF_RESIDUAL, memset(m->dres, 0, NC * sizeof(float)));
+    P(LORA_PROF_LAYERNORM, layernorm_backward(m->dres, m->dln_f_w, m->dln_f_b, m->dln, last,
+                                              m->ln_f_w, m->lnf_mean, m->lnf_rstd, N, C));
     for (int32_t l = c->n_layer - 1; l >= 0; l--) {
         gpt2_layer      *ly       = &m->layers[l];
         gpt2_layer_acts *a        = &m->la[l];
         const float     *residual = l ? m->la[l - 1].res3 : m->encoded;
         /* dres holds dL/d res3: it flows unchanged into res2 and into the MLP's output */
-        memset(m->dfch_a, 0, NF * sizeof(float));
+        P(LORA_PROF_RESIDUAL, memset(m->dfch_a, 0, NF * sizeof(float)));
         linear_backward(&ly->mlp_proj, m->dfch_a, m->dres, a->fch_gelu, N, &m->ctx);
-        memset(m->dfch_b, 0, NF * sizeof(float));
+        P(LORA_PROF_RESIDUAL, memset(m->dfch_b, 0, NF * sizeof(float)));
         if (c->activation == LORA_ACT_GELU_ERF)
-            gelu_erf_backward(m->dfch_b, a->fch, m->dfch_a, NF);
+            P(LORA_PROF_GELU, gelu_erf_backward(m->dfch_b, a->fch, m->dfch_a, NF));
         else
-            gelu_backward(m->dfch_b, a->fch, m->dfch_a, NF);
-        memset(m->dln, 0, NC * sizeof(float));
+            P(LORA_PROF_GELU, gelu_backward(m->dfch_b, a->fch, m->dfch_a, NF));
+        P(LORA_PROF_RESIDUAL, memset(m->dln, 0, NC * sizeof(float)));
         linear_backward(&ly->c_fc, m->dln, m->dfch_b, a->ln2, N, &m->ctx);
-        layernorm_backward(m->dres, ly->dln_2_w, ly->dln_2_b, m->dln, a->res2, ly->ln_2_w,
-                           a->ln2_mean, a->ln2_rstd, N, C);
+        P(LORA_PROF_LAYERNORM, layernorm_backward(m->dres, ly->dln_2_w, ly->dln_2_b, m->dln,
+                                                  a->res2, ly->ln_2_w, a->ln2_mean, a->ln2_rstd,
+                                                  N, C));
         /* dres now holds dL/d res2 */
-        memset(m->datty, 0, NC * sizeof(float));
+        P(LORA_PROF_RESIDUAL, memset(m->datty, 0, NC * sizeof(float)));
         linear_backward(&ly->attn_proj, m->datty, m->dres, a->atty, N, &m->ctx);
-        memset(m->dqkv, 0, 3 * NC * sizeof(float));
-        attention_backward(m->dqkv, m->att_scratch, m->datty, a->qkv, a->att, B, T, C, NH);
-        memset(m->dln, 0, NC * sizeof(float));
+        P(LORA_PROF_RESIDUAL, memset(m->dqkv, 0, 3 * NC * sizeof(float)));
+        P(LORA_PROF_ATTENTION, attention_backward(m->dqkv, m->att_scratch, m->datty, a->qkv,
+                                                  a->att, B, T, C, NH));
+        P(LORA_PROF_RESIDUAL, memset(m->dln, 0, NC * sizeof(float)));
         linear_backward(&ly->c_attn, m->dln, m->dqkv, a->ln1, N, &m->ctx);
-        layernorm_backward(m->dres, ly->dln_1_w, ly->dln_1_b, m->dln, residual, ly->ln_1_w,
-                           a->ln1_mean, a->ln1_rstd, N, C);
+        P(LORA_PROF_LAYERNORM, layernorm_backward(m->dres, ly->dln_1_w, ly->dln_1_b, m->dln,
+                                                  residual, ly->ln_1_w, a->ln1_mean,
+                                                  a->ln1_rstd, N, C));
         /* dres now holds dL/d (this layer's input) */
     }
-    if (m->dwte || m->dwpe) encoder_backward(m->dwte, m->dwpe, m->dres, m->tokens, B, T, C);
+    if (m->dwte || m->dwpe)
+        P(LORA_PROF_EMBEDDING, encoder_backward(m->dwte, m->dwpe, m->dres, m->tokens, B, T, C));
+#undef P
     return LORA_OK;
 }
 
+lora_status lora_model_backward(lora_model *m, lora_error *err) {
+    double prof_t0    = m->ctx.prof ? prof_now() : 0.0;
+    m->ctx.prof_phase = LORA_PROF_BACKWARD;
+    lora_status st    = backward_pass(m, err);
+    m->ctx.prof_phase = LORA_PROF_FORWARD;
+    if (m->ctx.prof) {
+        m->ctx.prof->phase_s[LORA_PROF_BACKWARD] += prof_now() - prof_t0;
+        m->ctx.prof->n_calls[LORA_PROF_BACKWARD]++;
+    }
+    return st;
+}
+
 void lora_model_zero_grad(lora_model *m) {
+    double prof_t0 = m->ctx.prof ? prof_now() : 0.0;
     if (m->tp.grad) memset(m->tp.grad, 0, m->tp.total * sizeof(float));
+    if (m->ctx.prof) {
+        double dt = prof_now() - prof_t0;
+        m->ctx.prof->op_s[LORA_PROF_STEP][LORA_PROF_OPTIMIZER] += dt;
+        m->ctx.prof->phase_s[LORA_PROF_STEP] += dt;
+    }
+}
+
+/* ---- profiling ---- */
+
+lora_status lora_model_set_profiling(lora_model *m, int on, lora_error *err) {
+    if (!on) {
+        free(m->ctx.prof);
+        m->ctx.prof = NULL;
+        return LORA_OK;
+    }
+    if (!m->ctx.prof && !(m->ctx.prof = malloc(sizeof *m->ctx.prof)))
+        return lora_errorf(err, LORA_ERR_NOMEM, "profiling: out of memory");
+    memset(m->ctx.prof, 0, sizeof *m->ctx.prof);
+    return LORA_OK;
+}
+
+void lora_model_profile(const lora_model *m, lora_profile *out) {
+    if (m->ctx.prof) *out = *m->ctx.prof;
+    else memset(out, 0, sizeof *out);
+}
+
+const char *lora_profile_op_name(int32_t op) {
+    static const char *const names[LORA_PROF_N_OPS] = {
+        "embedding", "layernorm", "matmul", "matmul_dw", "attention", "gelu",
+        "residual",  "lm_head",   "cross_entropy", "adapter", "optimizer"};
+    return op >= 0 && op < LORA_PROF_N_OPS ? names[op] : NULL;
 }
 
 /* ---- introspection ---- */

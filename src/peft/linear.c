@@ -3,26 +3,36 @@
 
 #include "core/error.h"
 #include "core/kernels.h"
+#include "core/profile.h"
 #include "core/rng.h"
 
 #include <stdlib.h>
 
 void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx) {
-    matmul_forward(out, inp, site->w, site->b, N, site->in, site->out);
+    PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
+            matmul_forward(out, inp, site->w, site->b, N, site->in, site->out));
     if (site->w_merged) return; /* the adapters are folded into w */
     for (int32_t i = 0; i < site->n_adapters; i++) {
         adapter *a = &site->adapters[i];
-        a->ops->forward(a, site, out, inp, N, ctx);
+        PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_ADAPTER,
+                a->ops->forward(a, site, out, inp, N, ctx));
     }
 }
 
 void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
                      const peft_ctx *ctx) {
-    /* frozen W0: dX only; dW and db exist only when a method made them trainable */
-    matmul_backward(dinp, site->dw, site->db, dout, inp, site->w, N, site->in, site->out);
+    /* frozen W0: dX only; dW and db exist only when a method made them trainable (two calls
+     * give the same results as one: the products are independent) */
+    PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
+            matmul_backward(dinp, NULL, NULL, dout, inp, site->w, N, site->in, site->out));
+    if (site->dw || site->db)
+        PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL_DW,
+                matmul_backward(NULL, site->dw, site->db, dout, inp, site->w, N, site->in,
+                                site->out));
     for (int32_t i = 0; i < site->n_adapters; i++) {
         adapter *a = &site->adapters[i];
-        a->ops->backward(a, site, dinp, dout, inp, N, ctx);
+        PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_ADAPTER,
+                a->ops->backward(a, site, dinp, dout, inp, N, ctx));
     }
 }
 

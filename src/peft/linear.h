@@ -35,6 +35,8 @@ typedef struct peft_ctx {
     uint64_t pass;    /* forward-pass counter: backward regenerates the same dropout masks */
     float   *scratch; /* >= scratch_floats floats, shared by every adapter (one at a time) */
     size_t   scratch_floats;
+    lora_profile *prof;       /* owned by the model; NULL: profiling off */
+    int           prof_phase; /* LORA_PROF_FORWARD / _BACKWARD / _STEP of the running call */
 } peft_ctx;
 
 /* Site-level operations of an adapter kind (LoRA, AdaLoRA, ...). */

@@ -1,6 +1,6 @@
 /*
  * peft.c — attaching a PEFT method to a model, the trainable-tensor API, saving and loading
- * trainable tensors, and the training-memory estimate.
+ * trainable tensors, and the training-memory and FLOP estimates.
  */
 #include "peft/peft.h"
 
@@ -216,7 +216,28 @@ lora_status lora_model_load_trainable(lora_model *m, const char *path, lora_erro
     return st;
 }
 
-/* ---- the memory estimate ---- */
+/* ---- the memory and FLOP estimates ---- */
+
+/* The input and output widths of the site each LORA_TARGET_* bit names. */
+typedef struct target_dims {
+    uint32_t bit;
+    int64_t  in, len;
+    unsigned keep; /* the GPT2_KEEP_* input an adapter there needs kept for backward */
+} target_dims;
+
+#define N_TARGET_DIMS 7
+
+static void target_dims_of(const lora_config *c, target_dims out[N_TARGET_DIMS]) {
+    int64_t C = c->n_embd, F = c->n_inner;
+    const target_dims s[N_TARGET_DIMS] = {{LORA_TARGET_C_ATTN, C, 3 * C, GPT2_KEEP_LN1},
+                                          {LORA_TARGET_Q, C, C, GPT2_KEEP_LN1},
+                                          {LORA_TARGET_K, C, C, GPT2_KEEP_LN1},
+                                          {LORA_TARGET_V, C, C, GPT2_KEEP_LN1},
+                                          {LORA_TARGET_ATTN_PROJ, C, C, GPT2_KEEP_ATTY},
+                                          {LORA_TARGET_MLP_FC, C, F, GPT2_KEEP_LN2},
+                                          {LORA_TARGET_MLP_PROJ, F, C, GPT2_KEEP_GELU}};
+    memcpy(out, s, sizeof s);
+}
 
 lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params *p, int32_t B,
                                  int32_t T, lora_memory_estimate *out, lora_error *err) {
@@ -238,19 +259,10 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     } else {
         /* LoRA: A (r, in), B (len, r) per site, a saved A·x (N, r) per pass, scratch N (in + r).
          * AdaLoRA adds Λ (r) per site and needs N (in + 2r) of scratch. */
-        int64_t r = p->r, ada = p->method == LORA_METHOD_ADALORA, sites = 0;
-        struct {
-            uint32_t bit;
-            int64_t  in, len;
-            unsigned keep;
-        } s[] = {{LORA_TARGET_C_ATTN, C, 3 * C, GPT2_KEEP_LN1},
-                 {LORA_TARGET_Q, C, C, GPT2_KEEP_LN1},
-                 {LORA_TARGET_K, C, C, GPT2_KEEP_LN1},
-                 {LORA_TARGET_V, C, C, GPT2_KEEP_LN1},
-                 {LORA_TARGET_ATTN_PROJ, C, C, GPT2_KEEP_ATTY},
-                 {LORA_TARGET_MLP_FC, C, F, GPT2_KEEP_LN2},
-                 {LORA_TARGET_MLP_PROJ, F, C, GPT2_KEEP_GELU}};
-        for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        int64_t     r = p->r, ada = p->method == LORA_METHOD_ADALORA, sites = 0;
+        target_dims s[N_TARGET_DIMS];
+        target_dims_of(c, s);
+        for (size_t i = 0; i < N_TARGET_DIMS; i++)
             if (p->targets & s[i].bit) {
                 keep |= s[i].keep;
                 trainable += L * r * (s[i].in + s[i].len + ada);
@@ -274,5 +286,39 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
                             adapter_acts * (int64_t)sizeof(float);
     free(keeps);
     out->total_bytes      = out->weights_bytes + out->trainable_bytes + out->activation_bytes;
+    return LORA_OK;
+}
+
+lora_status lora_estimate_flops(const lora_config *c, const lora_adapter_params *p, int32_t B,
+                                int32_t T, lora_flops *out, lora_error *err) {
+    if (B <= 0 || T <= 0 || T > c->n_positions)
+        return lora_errorf(err, LORA_ERR_ARG, "FLOPs: invalid batch shape B=%d T=%d", (int)B,
+                           (int)T);
+    double C = c->n_embd, F = c->n_inner, V = c->vocab_size, L = c->n_layer;
+    double N = (double)B * T;
+    int    full = p->method == LORA_METHOD_FULL;
+    /* every linear of a layer: c_attn C->3C, attn c_proj C->C, c_fc C->F, mlp c_proj F->C */
+    double lin_fwd  = 2.0 * N * (C * 3 * C + C * C + C * F + F * C) * L;
+    double att_fwd  = 4.0 * B * (double)T * T * C * L; /* Q·Kᵀ and P·V, the full square */
+    double head_fwd = 2.0 * N * C * V;
+    double ad_fwd   = 0.0;
+    if (p->method == LORA_METHOD_LORA || p->method == LORA_METHOD_ADALORA) {
+        target_dims s[N_TARGET_DIMS];
+        target_dims_of(c, s);
+        for (size_t i = 0; i < N_TARGET_DIMS; i++)
+            if (p->targets & s[i].bit) ad_fwd += 2.0 * N * p->r * (s[i].in + s[i].len) * L;
+    }
+    /* backward: dX always (every linear passes its gradient down); dW only when trainable */
+    double lin_bwd  = lin_fwd * (full ? 2.0 : 1.0);
+    double att_bwd  = 2.0 * att_fwd;
+    double head_bwd = head_fwd * (full ? 2.0 : 1.0);
+    double ad_bwd   = 2.0 * ad_fwd;
+    out->linear     = lin_fwd + lin_bwd;
+    out->attention  = att_fwd + att_bwd;
+    out->lm_head    = head_fwd + head_bwd;
+    out->adapter    = ad_fwd + ad_bwd;
+    out->forward    = lin_fwd + att_fwd + head_fwd + ad_fwd;
+    out->backward   = lin_bwd + att_bwd + head_bwd + ad_bwd;
+    out->total      = out->forward + out->backward;
     return LORA_OK;
 }

@@ -4,6 +4,7 @@
  * torch.nn.utils.clip_grad_norm_ step for step.
  */
 #include "core/error.h"
+#include "core/profile.h"
 #include "model/gpt2.h"
 #include "peft/peft.h"
 
@@ -44,8 +45,9 @@ float lora_schedule_lr(const lora_optim_params *p, int64_t step) {
     return (float)(p->lr * mult);
 }
 
-lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
-                            float *grad_norm, lora_error *err) {
+/* The step proper (lora_model_step times it when profiling). */
+static lora_status adamw_step(lora_model *m, const lora_optim_params *p, float lr,
+                              float *grad_norm, lora_error *err) {
     if (m->attached <= 0)
         return lora_errorf(err, LORA_ERR_STATE, "step: no trainable parameters");
     if (m->merged)
@@ -92,6 +94,19 @@ lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
     }
     if (m->method && m->method->after_step) return m->method->after_step(m, tp->adam_t - 1, err);
     return LORA_OK;
+}
+
+lora_status lora_model_step(lora_model *m, const lora_optim_params *p, float lr,
+                            float *grad_norm, lora_error *err) {
+    double      t0 = m->ctx.prof ? prof_now() : 0.0;
+    lora_status st = adamw_step(m, p, lr, grad_norm, err);
+    if (m->ctx.prof) {
+        double dt = prof_now() - t0;
+        m->ctx.prof->op_s[LORA_PROF_STEP][LORA_PROF_OPTIMIZER] += dt;
+        m->ctx.prof->phase_s[LORA_PROF_STEP] += dt;
+        m->ctx.prof->n_calls[LORA_PROF_STEP]++;
+    }
+    return st;
 }
 
 void lora_model_scale_grad(lora_model *m, float factor) {

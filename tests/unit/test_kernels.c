@@ -598,6 +598,10 @@ int main(void) {
     test_attention(2, 5, 12, 3, 1);
     test_attention(2, 37, 54, 3, 0);
     test_attention(1, 16, 64, 4, 0);
+    /* several blocks of query rows (the fast kernel works on blocks of 64), the last partial */
+    test_attention(2, 64, 16, 2, 0);
+    test_attention(1, 65, 16, 1, 0);
+    test_attention(2, 150, 24, 3, 0);
 
     test_crossentropy(1, 1, 0.0f, 1.0f, 0);
     test_crossentropy(4, 11, 0.0f, 3.0f, 1);
