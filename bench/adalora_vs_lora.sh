@@ -7,7 +7,7 @@
 # (the dev split, from metrics.jsonl), BLEU and slot error rate, then the means.
 #
 # usage: bench/adalora_vs_lora.sh [--r R] [--seeds "1 2 3"] [--steps N] [--out DIR]
-#                                 [--lr-adalora LR] [--methods "lora adalora"]
+#                                 [--lr-lora LR] [--lr-adalora LR] [--methods "lora adalora"]
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 lora=${LORA_BIN:-$root/build/lora}
@@ -16,6 +16,7 @@ seeds="1 2 3"
 steps=700
 out=${TMPDIR:-/tmp}/lora-adalora-vs-lora
 lr_ada=""
+lr_lora=""
 methods="lora adalora"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --lr-adalora) lr_ada=$2; shift 2 ;;
+    --lr-lora) lr_lora=$2; shift 2 ;;
     --methods) methods=$2; shift 2 ;;
     -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "adalora_vs_lora.sh: unknown option $1" >&2; exit 2 ;;
@@ -42,6 +44,7 @@ for seed in $seeds; do
         rm -rf "$d"
         lr_opt=""
         [ "$method" = adalora ] && [ -n "$lr_ada" ] && lr_opt="--lr $lr_ada"
+        [ "$method" = lora ] && [ -n "$lr_lora" ] && lr_opt="--lr $lr_lora"
         # shellcheck disable=SC2086
         "$lora" demo --method "$method" --r "$r" --steps "$steps" --seed "$seed" --quiet \
             $lr_opt --out "$d" > "$d.log" 2>&1 || { echo "run failed: see $d.log" >&2; exit 1; }
