@@ -333,6 +333,8 @@ static cJSON *json_report(const bench_opts *o, const lora_config *cfg, const ben
     cJSON_AddNumberToObject(j, "B", o->B);
     cJSON_AddNumberToObject(j, "T", o->T);
     cJSON_AddNumberToObject(j, "threads", lora_get_threads());
+    const char *wait = getenv("OMP_WAIT_POLICY");
+    cJSON_AddStringToObject(j, "omp_wait_policy", wait ? wait : "");
     cJSON_AddNumberToObject(j, "warmup", (double)o->warmup);
     cJSON_AddNumberToObject(j, "steps", (double)o->steps);
     cJSON_AddItemToObject(j, "step_s", cJSON_CreateDoubleArray(r->step_s, (int)o->steps));

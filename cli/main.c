@@ -1,11 +1,14 @@
 /*
  * main.c — the `lora` command: dispatches to a subcommand (see commands.h).
  */
+#define _DEFAULT_SOURCE /* setenv */
 #include "commands.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const cli_command commands[] = {
     {"demo", cmd_demo, "fine-tune the embedded model on a data-to-text task and report"},
@@ -43,7 +46,22 @@ static void usage(FILE *out) {
         fprintf(out, "  %-16s %s\n", commands[i].name, commands[i].summary);
 }
 
+/*
+ * OpenMP threads that wait for work spin by default. When anything else runs on the machine, a
+ * spinning thread holds the core its partner (or OpenBLAS's) needs, and a 2-thread step can run
+ * several times slower than a 1-thread one. Passive waiting costs little when the machine is
+ * quiet and avoids that, but the runtime reads OMP_WAIT_POLICY when it starts, before main. So
+ * unless the user chose a policy, the binary runs itself again once with PASSIVE set.
+ */
+static void prefer_passive_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    /* not on Linux, or no /proc: go on with the runtime's default */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_wait(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -41,6 +41,15 @@ $js
 EOT
 then ok; else bad "JSON figures inconsistent: $js"; fi
 
+# OpenMP threads wait passively unless the user chose a policy (the binary re-executes itself)
+for policy in "" ACTIVE; do
+    want=${policy:-PASSIVE}
+    js=$(env -u OMP_WAIT_POLICY ${policy:+OMP_WAIT_POLICY=$policy} "$lora" bench "$work/m" \
+         --batch 1 --seq-len 4 --steps 1 --warmup 0 --no-peak --json 2>&1)
+    echo "$js" | grep -qF "\"omp_wait_policy\":\"$want\"" && ok ||
+        bad "OMP_WAIT_POLICY '${policy}' should run as $want: $js"
+done
+
 # the other methods run
 for m in bitfit adalora; do
     "$lora" bench "$work/m" --method $m --batch 1 --seq-len 4 --steps 1 --warmup 0 --no-peak \
