@@ -17,6 +17,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 // B = batch, T = time, C = channels, V = vocab, NH = heads, hs = C / NH, N = rows, OC = out chans
 
 /* Column-block width for reductions over rows (dw, db): each block is owned by one thread. */
@@ -251,15 +255,115 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 /* ---- general matrix product ---- */
 
 /*
- * A product with one row (M = 1) or one column (N = 1) is a matrix-vector product, and goes to
- * cblas_sgemv: sgemm would pack the whole matrix operand into its blocked layout on every call,
- * which for one decoded token costs as much as the arithmetic. The vector is a row or a column
- * of the stored operand (increment 1 or its leading dimension), the matrix keeps its storage and
- * a transpose flag picks the product. The result is written with increment 1 (a row of C) or
- * ldc (a column). beta = 0 must ignore C's old contents (NaN included); that is made explicit by
- * zeroing the output first. K = 0 leaves C = beta · C, which sgemv (it returns early on an empty
- * matrix) would not do.
+ * A product with one row (M = 1) or one column (N = 1) is a matrix-vector product: each element
+ * of the matrix is used once, so it costs one read of the matrix from memory — for a decoded
+ * token, every weight of the model once — and the work is to stream it at full bandwidth with
+ * every thread. sgemm would pack the matrix first; OpenBLAS's sgemv reads the Conv1D layout
+ * (the matrix stored (K, N), y = xᵀ·W) below bandwidth and splits it differently per thread
+ * count. The two layouts get their own kernels:
+ *   - gemv_dot: the matrix stored (N, K), y[i] = dot(W[i, :], x) — the LM head, a LoRA A or B.
+ *     Threads own contiguous ranges of rows, so each streams one block of memory.
+ *   - gemv_axpy: the matrix stored (K, N), y = Σ_k x[k] · W[k, :] — every Conv1D weight. Threads
+ *     own ranges of output columns (whole cache lines), and walk the rows in order, eight at a
+ *     time, so each streams its part of every row.
+ * Every output element is summed in the same order whatever the thread count (results do not
+ * depend on it). beta = 0 ignores C's old contents (NaN included). The vector operands the
+ * kernels do not cover (a strided x for gemv_dot, a strided y for gemv_axpy: products of the
+ * backward pass, never of decoding) go to cblas_sgemv, after C is scaled as described there.
  */
+
+/* y[i·incy] = alpha · dot(W[i, :K], x) + beta · y[i·incy] for i in [i0, i1); W row stride ld */
+static void gemv_dot_rows(float *y, int incy, const float *W, int ld, const float *x, int K,
+                          float alpha, float beta, long i0, long i1) {
+    for (long i = i0; i < i1; i++) {
+        const float *restrict w = W + (size_t)i * ld;
+        const float *restrict v = x;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int k = 0; k < K; k++) s += w[k] * v[k];
+        float *yi = y + (size_t)i * incy;
+        *yi       = beta == 0.0f ? alpha * s : alpha * s + beta * *yi;
+    }
+}
+
+/* Rows of W per step of gemv_dot's parallel loop. */
+#define DOT_ROWS 64L
+
+static void gemv_dot(float *y, int incy, const float *W, int ld, const float *x, int N, int K,
+                     float alpha, float beta) {
+    long nblk = (N + DOT_ROWS - 1) / DOT_ROWS;
+    PARALLEL_FOR((long)N * K, b, nblk,
+                 gemv_dot_rows(y, incy, W, ld, x, K, alpha, beta, b * DOT_ROWS,
+                               (b + 1) * DOT_ROWS < N ? (b + 1) * DOT_ROWS : N));
+}
+
+/* Columns of the output per unit of gemv_axpy's split: one 64-byte cache line of floats. */
+#define AXPY_COLS 16L
+
+/*
+ * y[j] = beta · y[j] + Σ_k (alpha · x[k·incx]) · W[k, j] for j in [j0, j1); W row stride ld.
+ * Eight rows per pass over the columns (y read and written once per eight rows), the k order
+ * fixed.
+ */
+static void gemv_axpy_cols(float *restrict y, const float *W, int ld, const float *x, int incx,
+                           int K, float alpha, float beta, long j0, long j1) {
+    if (beta == 0.0f)
+        for (long j = j0; j < j1; j++) y[j] = 0.0f;
+    else if (beta != 1.0f)
+        for (long j = j0; j < j1; j++) y[j] *= beta;
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const float *restrict w = W + (size_t)k * ld;
+        float a[8];
+        for (int r = 0; r < 8; r++) a[r] = alpha * x[(size_t)(k + r) * incx];
+        for (long j = j0; j < j1; j++) {
+            float s = y[j];
+            s       = fmaf(a[0], w[j], s);
+            s       = fmaf(a[1], w[j + ld], s);
+            s       = fmaf(a[2], w[j + 2 * (size_t)ld], s);
+            s       = fmaf(a[3], w[j + 3 * (size_t)ld], s);
+            s       = fmaf(a[4], w[j + 4 * (size_t)ld], s);
+            s       = fmaf(a[5], w[j + 5 * (size_t)ld], s);
+            s       = fmaf(a[6], w[j + 6 * (size_t)ld], s);
+            s       = fmaf(a[7], w[j + 7 * (size_t)ld], s);
+            y[j]    = s;
+        }
+    }
+    for (; k < K; k++) {
+        const float *restrict w  = W + (size_t)k * ld;
+        float                 ak = alpha * x[(size_t)k * incx];
+        for (long j = j0; j < j1; j++) y[j] = fmaf(ak, w[j], y[j]);
+    }
+}
+
+/* The part [j0, j1) of columns [0, N) that thread t of nt owns, in whole AXPY_COLS units. */
+static void axpy_share(long N, int t, int nt, long *j0, long *j1) {
+    long units = (N + AXPY_COLS - 1) / AXPY_COLS;
+    long u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    *j0     = u0 * AXPY_COLS;
+    *j1     = u1 * AXPY_COLS < N ? u1 * AXPY_COLS : N;
+}
+
+static void gemv_axpy(float *y, const float *W, int ld, const float *x, int incx, int K, int N,
+                      float alpha, float beta) {
+    if ((long)N * K < PARALLEL_MIN || N <= AXPY_COLS) {
+        gemv_axpy_cols(y, W, ld, x, incx, K, alpha, beta, 0, N);
+        return;
+    }
+#pragma omp parallel
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t  = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        long j0, j1;
+        axpy_share(N, t, nt, &j0, &j1);
+        if (j0 < j1) gemv_axpy_cols(y, W, ld, x, incx, K, alpha, beta, j0, j1);
+    }
+}
+
+/* C = beta · C over n elements at stride inc (beta = 0: zeros, whatever C held). */
 static void gemv_out_scale(float *y, int n, int inc, float beta) {
     for (int i = 0; i < n; i++) {
         float *yi = y + (size_t)i * inc;
@@ -267,31 +371,41 @@ static void gemv_out_scale(float *y, int n, int inc, float beta) {
     }
 }
 
+/* The matrix-vector products: M = 1 (C one row) or N = 1 (C one column of stride ldc). */
+static void gemm_vector(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                        int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int rowc = M == 1; /* C is one row (n = N, increment 1), else one column of M */
+    int n = rowc ? N : M, incy = rowc ? 1 : ldc;
+    if (K <= 0) { /* C = beta · C; sgemv would return early on an empty matrix */
+        gemv_out_scale(C, n, incy, beta);
+        return;
+    }
+    /* the matrix W, its layout, and the vector x with its increment */
+    const float *W    = rowc ? B : A;
+    int          ldw  = rowc ? ldb : lda;
+    int          rows = rowc ? transB : !transA; /* W stored (n, K): y = W · x */
+    const float *x    = rowc ? A : B;
+    int          incx = rowc ? (transA ? lda : 1) : (transB ? 1 : ldb);
+    if (rows && incx == 1) {
+        gemv_dot(C, incy, W, ldw, x, n, K, alpha, beta);
+        return;
+    }
+    if (!rows && incy == 1) {
+        gemv_axpy(C, W, ldw, x, incx, K, n, alpha, beta);
+        return;
+    }
+    if (beta == 0.0f) gemv_out_scale(C, n, incy, beta);
+    if (rows) /* W stored (n, K) */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, K, alpha, W, ldw, x, incx, beta, C, incy);
+    else /* W stored (K, n) */
+        cblas_sgemv(CblasRowMajor, CblasTrans, K, n, alpha, W, ldw, x, incx, beta, C, incy);
+}
+
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (M == 1 || N == 1) {
-        int rowc = M == 1; /* C is one row (n = N, increment 1), else one column of M */
-        int n = rowc ? N : M, inc = rowc ? 1 : ldc;
-        if (K <= 0 || beta == 0.0f) gemv_out_scale(C, n, inc, beta);
-        if (K <= 0) return;
-        if (rowc) {
-            /* C (1,N) = alpha · x (K) · op(B); x is A's row, or A's column when transA */
-            if (transB) /* B stored (N,K): y = B · x */
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A,
-                            transA ? lda : 1, beta, C, 1);
-            else /* B stored (K,N): y = Bᵀ · x */
-                cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A,
-                            transA ? lda : 1, beta, C, 1);
-        } else {
-            /* C (M,1) = alpha · op(A) · x (K); x is B's column, or B's row when transB */
-            if (transA) /* A stored (K,M): y = Aᵀ · x */
-                cblas_sgemv(CblasRowMajor, CblasTrans, K, M, alpha, A, lda, B,
-                            transB ? 1 : ldb, beta, C, ldc);
-            else /* A stored (M,K): y = A · x */
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, alpha, A, lda, B,
-                            transB ? 1 : ldb, beta, C, ldc);
-        }
+        gemm_vector(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
