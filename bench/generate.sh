@@ -40,8 +40,8 @@
 #
 # Columns: decode tokens/s and its ratio to the bound, to lora.c base, to llama.cpp and to the
 # PyTorch reference; "agree" is how many of the generated tokens are the same as lora.c base's
-# (merged: as unmerged's) before the first difference — float rounding may break a near tie
-# differently, so less than all is not by itself an error.
+# (for the adapter: merged against unmerged) before the first difference — float rounding may
+# break a near tie differently, so less than all is not by itself an error.
 # Files (model, adapter, GGUF, the llama.cpp install, raw results) are kept in --work (default
 # BUILD/bench/generate) and reused by the next run. Not a test.
 set -u
@@ -49,11 +49,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 build="$root/build"
 work=""
-rounds=3 n_new=128 n_prompt=64 threads=2 triad_reps=10 quick=0
+rounds="" n_new="" n_prompt=64 threads=2 triad_reps=10 quick=0
 
-usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
+usage() { # usage [STATUS]: the synopsis; 0 for --help, 2 for a usage error
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    echo "(the comment at the top of $0 says more)"
+    exit "${1:-2}"
 }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -64,14 +65,20 @@ while [ $# -gt 0 ]; do
     --threads) threads=${2:?}; shift ;;
     --build) build=${2:?}; shift ;;
     --work) work=${2:?}; shift ;;
-    -h | --help) usage ;;
+    -h | --help) usage 0 ;;
     *) echo "generate.sh: unknown option $1" >&2; usage ;;
     esac
     shift
 done
-if [ $quick -eq 1 ]; then
-    rounds=1 n_new=32 triad_reps=3
+if [ $quick -eq 1 ]; then # explicit --rounds / --new still apply
+    rounds=${rounds:-1} n_new=${n_new:-32} triad_reps=3
 fi
+rounds=${rounds:-3} n_new=${n_new:-128}
+for v in "$rounds" "$n_new" "$n_prompt" "$threads"; do
+    case "$v" in
+    '' | *[!0-9]* | 0) echo "generate.sh: counts must be positive integers" >&2; exit 2 ;;
+    esac
+done
 [ -n "$work" ] || work="$build/bench/generate"
 lora="$build/lora"
 bg="$build/bench/bench_generate"
@@ -269,6 +276,7 @@ echo "$impls" | while IFS='|' read -r name label cmd; do
     fi
     ref=$base_tok
     [ "$name" = lorac_merged ] && ref=$(tokens "$res/lorac_unmerged.txt")
+    [ "$name" = lorac_unmerged ] && ref=$(tokens "$res/lorac_merged.txt")
     ag=$(agree "$(tokens "$f")" "$ref")
     awk -v l="$label" -v p="$pre" -v m="$med" -v lo="$lo" -v hi="$hi" -v bd="$bound" \
         -v b="$base_tps" -v ll="$llama_tps" -v t="$torch_tps" -v ag="$ag" 'BEGIN {
