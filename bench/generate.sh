@@ -181,13 +181,15 @@ fi
 n_impl=$(echo "$impls" | wc -l)
 common="--prompt $n_prompt --new $n_new --threads $threads"
 
-# Every reader starts from the same page cache: the model and the GGUF are dropped from it (GNU
-# dd's nocache flag; their pages are clean), so the first run of each reads them from disk.
-# Pages written by `lora init` or `lora export` stay in the cache in the small folios of the
-# write path, and a mapping of those takes a 4 KiB page walk per page; read back (lora.c also
-# advises its mapping to huge pages), they come in large folios mapped by few entries.
+# Every reader starts from the same page cache, and no timed run reads the disk: the model and
+# the GGUF are dropped from the cache (GNU dd's nocache flag; their pages are clean), then read
+# once in order. Pages written by `lora init` or `lora export` stay in the cache in the small
+# folios of the write path, and a mapping of those costs a 4 KiB page walk per page; read back,
+# they come in large folios that a mapping covers with few entries.
 for f in "$model/model.safetensors" "$gguf"; do
-    [ -f "$f" ] && dd if="$f" iflag=nocache count=0 status=none 2>/dev/null
+    [ -f "$f" ] || continue
+    dd if="$f" iflag=nocache count=0 status=none 2>/dev/null
+    dd if="$f" of=/dev/null bs=4M status=none
 done
 
 res="$work/results"
