@@ -1,13 +1,15 @@
 /*
  * kernels.c — the fast CPU kernels declared in kernels.h.
  *
- * Products go to OpenBLAS (cblas_sgemm, row-major, transposes instead of copies; one-row and
- * one-column products to cblas_sgemv); the rest is OpenMP over independent rows, (b, h) pairs,
- * channel blocks or spans, with contiguous inner loops the compiler vectorises, and loops too
- * small to be worth a thread team run on the calling thread. Every reduction that feeds a
+ * Products go to OpenBLAS (cblas_sgemm, row-major, transposes instead of copies); one-row and
+ * one-column products (every product of a decoded token) to this file's matrix-vector kernels,
+ * which stream the matrix once with every thread. The rest is OpenMP over independent rows,
+ * (b, h) pairs, channel blocks or spans, with contiguous inner loops the compiler vectorises,
+ * and loops too small to be worth a thread team run on the calling thread. Every reduction that feeds a
  * result is done in a fixed order (no atomics, no thread-count-dependent sums), so results are
  * reproducible run to run.
- * Not here: the naive references (kernels_ref.c), GPU code, allocation (scratch is passed in).
+ * Not here: the naive references (kernels_ref.c), GPU code, allocation (scratch is passed in;
+ * the matrix-vector products keep a small fixed buffer on the stack).
  */
 #include "core/kernels.h"
 
@@ -328,7 +330,7 @@ static void gemv_axpy_cols(float *restrict y, const float *W, int ld, const floa
     else if (beta != 1.0f)
         for (long j = j0; j < j1; j++) y[j] *= beta;
     long ja = j0; /* first column of the aligned part */
-    if (ld % 16 == 0 && (uintptr_t)W % sizeof(float) == 0) {
+    if (ld % 16 == 0) {
         ja += (long)((64 - (uintptr_t)(W + j0) % 64) % 64 / sizeof(float));
         if (ja > j1) ja = j1;
     }
