@@ -1,13 +1,15 @@
 /*
  * kernels.c — the fast CPU kernels declared in kernels.h.
  *
- * Products go to OpenBLAS (cblas_sgemm, row-major, transposes instead of copies; one-row and
- * one-column products to cblas_sgemv); the rest is OpenMP over independent rows, (b, h) pairs,
- * channel blocks or spans, with contiguous inner loops the compiler vectorises, and loops too
- * small to be worth a thread team run on the calling thread. Every reduction that feeds a
+ * Products go to OpenBLAS (cblas_sgemm, row-major, transposes instead of copies); one-row and
+ * one-column products (every product of a decoded token) to this file's matrix-vector kernels,
+ * which stream the matrix once with every thread. The rest is OpenMP over independent rows,
+ * (b, h) pairs, channel blocks or spans, with contiguous inner loops the compiler vectorises,
+ * and loops too small to be worth a thread team run on the calling thread. Every reduction that feeds a
  * result is done in a fixed order (no atomics, no thread-count-dependent sums), so results are
  * reproducible run to run.
- * Not here: the naive references (kernels_ref.c), GPU code, allocation (scratch is passed in).
+ * Not here: the naive references (kernels_ref.c), GPU code, allocation (scratch is passed in;
+ * the matrix-vector products keep a small fixed buffer on the stack).
  */
 #include "core/kernels.h"
 
@@ -16,6 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 // B = batch, T = time, C = channels, V = vocab, NH = heads, hs = C / NH, N = rows, OC = out chans
 
@@ -251,15 +257,177 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 /* ---- general matrix product ---- */
 
 /*
- * A product with one row (M = 1) or one column (N = 1) is a matrix-vector product, and goes to
- * cblas_sgemv: sgemm would pack the whole matrix operand into its blocked layout on every call,
- * which for one decoded token costs as much as the arithmetic. The vector is a row or a column
- * of the stored operand (increment 1 or its leading dimension), the matrix keeps its storage and
- * a transpose flag picks the product. The result is written with increment 1 (a row of C) or
- * ldc (a column). beta = 0 must ignore C's old contents (NaN included); that is made explicit by
- * zeroing the output first. K = 0 leaves C = beta · C, which sgemv (it returns early on an empty
- * matrix) would not do.
+ * A product with one row (M = 1) or one column (N = 1) is a matrix-vector product: each element
+ * of the matrix is used once, so it costs one read of the matrix from memory — for a decoded
+ * token, every weight of the model once — and the work is to stream it at full bandwidth with
+ * every thread. sgemm would pack the matrix first; OpenBLAS's sgemv reads the Conv1D layout
+ * (the matrix stored (K, N), y = xᵀ·W) below bandwidth and splits it differently per thread
+ * count. The two layouts get their own kernels:
+ *   - gemv_dot: the matrix stored (N, K), y[i] = dot(W[i, :], x) — the LM head, a LoRA A or B.
+ *     Threads own contiguous ranges of rows, so each streams one block of memory.
+ *   - gemv_axpy: the matrix stored (K, N), y = Σ_k x[k] · W[k, :] — every Conv1D weight. The
+ *     rows are cut into a few fixed parts summed apart and then added, so that a thread streams
+ *     whole parts (see below); within a part, rows are walked in order, sixteen at a time.
+ * Every output element is summed in the same order whatever the thread count (results do not
+ * depend on it). beta = 0 ignores C's old contents (NaN included). The vector operands the
+ * kernels do not cover (a strided x for gemv_dot, a strided y for gemv_axpy: products of the
+ * backward pass, never of decoding) go to cblas_sgemv, after C is scaled as described there.
  */
+
+/* y[i·incy] = alpha · dot(W[i, :K], x) + beta · y[i·incy] for i in [i0, i1); W row stride ld */
+static void gemv_dot_rows(float *y, int incy, const float *W, int ld, const float *x, int K,
+                          float alpha, float beta, long i0, long i1) {
+    for (long i = i0; i < i1; i++) {
+        const float *restrict w = W + (size_t)i * ld;
+        const float *restrict v = x;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int k = 0; k < K; k++) s += w[k] * v[k];
+        float *yi = y + (size_t)i * incy;
+        *yi       = beta == 0.0f ? alpha * s : alpha * s + beta * *yi;
+    }
+}
+
+/* Rows of W per step of gemv_dot's parallel loop. */
+#define DOT_ROWS 64L
+
+static void gemv_dot(float *y, int incy, const float *W, int ld, const float *x, int N, int K,
+                     float alpha, float beta) {
+    long nblk = (N + DOT_ROWS - 1) / DOT_ROWS;
+    PARALLEL_FOR((long)N * K, b, nblk,
+                 gemv_dot_rows(y, incy, W, ld, x, K, alpha, beta, b * DOT_ROWS,
+                               (b + 1) * DOT_ROWS < N ? (b + 1) * DOT_ROWS : N));
+}
+
+/* Columns of the output per unit of gemv_axpy's split: one 64-byte cache line of floats. */
+#define AXPY_COLS 16L
+
+/* Rows of W per pass of gemv_axpy over its columns (y read and written once per pass). */
+#define AXPY_ROWS 16
+
+/* y[j] += Σ_r a[r] · w[r·ld + j] over AXPY_ROWS rows, for j in [j0, j1), r in order. */
+static inline void axpy_rows(float *restrict y, const float *restrict w, size_t ld,
+                             const float *a, long j0, long j1) {
+    for (long j = j0; j < j1; j++) {
+        float s = y[j];
+        for (int r = 0; r < AXPY_ROWS; r++) s = fmaf(a[r], w[j + r * ld], s);
+        y[j] = s;
+    }
+}
+
+/*
+ * y[j] = beta · y[j] + Σ_k (alpha · x[k·incx]) · W[k, j] for j in [j0, j1); W row stride ld.
+ * AXPY_ROWS rows per pass over the columns, the k order fixed. (Sixteen rows stream faster than
+ * eight or twelve here; thirty-two spill.) When every row starts at the same offset within a
+ * cache line (ld a multiple of 16 floats), the columns before W's first 64-byte boundary are
+ * done apart, so that the vector loads of the rest do not straddle lines: weights inside a
+ * safetensors file are aligned to 8 bytes only, and split loads cost 15 %.
+ */
+static void gemv_axpy_cols(float *restrict y, const float *W, int ld, const float *x, int incx,
+                           int K, float alpha, float beta, long j0, long j1) {
+    if (beta == 0.0f)
+        for (long j = j0; j < j1; j++) y[j] = 0.0f;
+    else if (beta != 1.0f)
+        for (long j = j0; j < j1; j++) y[j] *= beta;
+    long ja = j0; /* first column of the aligned part */
+    if (ld % 16 == 0) {
+        ja += (long)((64 - (uintptr_t)(W + j0) % 64) % 64 / sizeof(float));
+        if (ja > j1) ja = j1;
+    }
+    int k = 0;
+    for (; k + AXPY_ROWS <= K; k += AXPY_ROWS) {
+        const float *w = W + (size_t)k * ld;
+        float        a[AXPY_ROWS];
+        for (int r = 0; r < AXPY_ROWS; r++) a[r] = alpha * x[(size_t)(k + r) * incx];
+        axpy_rows(y, w, (size_t)ld, a, j0, ja);
+        axpy_rows(y, w, (size_t)ld, a, ja, j1);
+    }
+    for (; k < K; k++) {
+        const float *restrict w  = W + (size_t)k * ld;
+        float                 ak = alpha * x[(size_t)k * incx];
+        for (long j = j0; j < j1; j++) y[j] = fmaf(ak, w[j], y[j]);
+    }
+}
+
+/* The part [j0, j1) of columns [0, N) that thread t of nt owns, in whole AXPY_COLS units. */
+static void axpy_share(long N, int t, int nt, long *j0, long *j1) {
+    long units = (N + AXPY_COLS - 1) / AXPY_COLS;
+    long u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    *j0     = u0 * AXPY_COLS;
+    *j1     = u1 * AXPY_COLS < N ? u1 * AXPY_COLS : N;
+}
+
+/*
+ * gemv_axpy splits the rows of W into up to AXPY_PARTS fixed parts (their number and bounds
+ * depend on the shape only), each summed into its own partial y in a stack buffer of
+ * AXPY_SCRATCH floats; then y = beta · y + Σ parts in order. A thread takes whole parts (and,
+ * with more threads than parts, column ranges of them), so that it streams one contiguous block
+ * of W: splitting every row by columns instead streams half as fast with two threads (each
+ * row's halves are too short for the prefetchers). When the parts do not fit (N above
+ * AXPY_SCRATCH / 2) or K is short, threads own column ranges of the whole product.
+ */
+#define AXPY_PARTS   4
+#define AXPY_SCRATCH 16384
+
+/* Rows [k0, k1) of part p of P over K rows: multiples of AXPY_ROWS, the last takes the rest. */
+static void axpy_part_rows(int K, int P, int p, int *k0, int *k1) {
+    *k0 = (int)((long)K * p / P / AXPY_ROWS * AXPY_ROWS);
+    *k1 = p == P - 1 ? K : (int)((long)K * (p + 1) / P / AXPY_ROWS * AXPY_ROWS);
+}
+
+static void gemv_axpy(float *y, const float *W, int ld, const float *x, int incx, int K, int N,
+                      float alpha, float beta) {
+    if ((long)N * K < PARALLEL_MIN || N <= AXPY_COLS) {
+        gemv_axpy_cols(y, W, ld, x, incx, K, alpha, beta, 0, N);
+        return;
+    }
+    int P = AXPY_SCRATCH / N < AXPY_PARTS ? AXPY_SCRATCH / N : AXPY_PARTS;
+    if (K < P * AXPY_ROWS) P = 0;
+    if (P < 2) {
+#pragma omp parallel
+        {
+            int t = 0, nt = 1;
+#ifdef _OPENMP
+            t  = omp_get_thread_num();
+            nt = omp_get_num_threads();
+#endif
+            long j0, j1;
+            axpy_share(N, t, nt, &j0, &j1);
+            if (j0 < j1) gemv_axpy_cols(y, W, ld, x, incx, K, alpha, beta, j0, j1);
+        }
+        return;
+    }
+    float part[AXPY_SCRATCH]; /* (P, N) partial sums */
+#pragma omp parallel
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t  = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        /* items (part p, column block q) p-major, Q blocks per part; thread t takes a range */
+        int Q = (nt + P - 1) / P, n_items = P * Q;
+        for (int it = n_items * t / nt; it < n_items * (t + 1) / nt; it++) {
+            int  p = it / Q, q = it % Q, k0, k1;
+            long j0, j1;
+            axpy_part_rows(K, P, p, &k0, &k1);
+            axpy_share(N, q, Q, &j0, &j1);
+            if (j0 < j1)
+                gemv_axpy_cols(part + (size_t)p * N, W + (size_t)k0 * ld, ld,
+                               x + (size_t)k0 * incx, incx, k1 - k0, alpha, 0.0f, j0, j1);
+        }
+#pragma omp barrier
+        long j0, j1;
+        axpy_share(N, t, nt, &j0, &j1);
+        for (long j = j0; j < j1; j++) {
+            float s = beta == 0.0f ? 0.0f : beta * y[j];
+            for (int p = 0; p < P; p++) s += part[(size_t)p * N + j];
+            y[j] = s;
+        }
+    }
+}
+
+/* C = beta · C over n elements at stride inc (beta = 0: zeros, whatever C held). */
 static void gemv_out_scale(float *y, int n, int inc, float beta) {
     for (int i = 0; i < n; i++) {
         float *yi = y + (size_t)i * inc;
@@ -267,31 +435,41 @@ static void gemv_out_scale(float *y, int n, int inc, float beta) {
     }
 }
 
+/* The matrix-vector products: M = 1 (C one row) or N = 1 (C one column of stride ldc). */
+static void gemm_vector(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                        int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int rowc = M == 1; /* C is one row (n = N, increment 1), else one column of M */
+    int n = rowc ? N : M, incy = rowc ? 1 : ldc;
+    if (K <= 0) { /* C = beta · C; sgemv would return early on an empty matrix */
+        gemv_out_scale(C, n, incy, beta);
+        return;
+    }
+    /* the matrix W, its layout, and the vector x with its increment */
+    const float *W    = rowc ? B : A;
+    int          ldw  = rowc ? ldb : lda;
+    int          rows = rowc ? transB : !transA; /* W stored (n, K): y = W · x */
+    const float *x    = rowc ? A : B;
+    int          incx = rowc ? (transA ? lda : 1) : (transB ? 1 : ldb);
+    if (rows && incx == 1) {
+        gemv_dot(C, incy, W, ldw, x, n, K, alpha, beta);
+        return;
+    }
+    if (!rows && incy == 1) {
+        gemv_axpy(C, W, ldw, x, incx, K, n, alpha, beta);
+        return;
+    }
+    if (beta == 0.0f) gemv_out_scale(C, n, incy, beta);
+    if (rows) /* W stored (n, K) */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, K, alpha, W, ldw, x, incx, beta, C, incy);
+    else /* W stored (K, n) */
+        cblas_sgemv(CblasRowMajor, CblasTrans, K, n, alpha, W, ldw, x, incx, beta, C, incy);
+}
+
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (M == 1 || N == 1) {
-        int rowc = M == 1; /* C is one row (n = N, increment 1), else one column of M */
-        int n = rowc ? N : M, inc = rowc ? 1 : ldc;
-        if (K <= 0 || beta == 0.0f) gemv_out_scale(C, n, inc, beta);
-        if (K <= 0) return;
-        if (rowc) {
-            /* C (1,N) = alpha · x (K) · op(B); x is A's row, or A's column when transA */
-            if (transB) /* B stored (N,K): y = B · x */
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A,
-                            transA ? lda : 1, beta, C, 1);
-            else /* B stored (K,N): y = Bᵀ · x */
-                cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A,
-                            transA ? lda : 1, beta, C, 1);
-        } else {
-            /* C (M,1) = alpha · op(A) · x (K); x is B's column, or B's row when transB */
-            if (transA) /* A stored (K,M): y = Aᵀ · x */
-                cblas_sgemv(CblasRowMajor, CblasTrans, K, M, alpha, A, lda, B,
-                            transB ? 1 : ldb, beta, C, ldc);
-            else /* A stored (M,K): y = A · x */
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, alpha, A, lda, B,
-                            transB ? 1 : ldb, beta, C, ldc);
-        }
+        gemm_vector(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,

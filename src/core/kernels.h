@@ -42,7 +42,9 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 /*
  * Row-major C (M,N) = alpha · op(A) · op(B) + beta · C, with op(X) = X or Xᵀ (transX != 0),
  * op(A) (M,K), op(B) (K,N), leading dimensions lda, ldb, ldc (so C may be a column slice of a
- * wider matrix). The fast version is cblas_sgemm; beta = 0 ignores C's old contents.
+ * wider matrix). The fast version is cblas_sgemm, and for M = 1 or N = 1 (matrix-vector) its
+ * own kernels, whose results do not depend on the thread count; beta = 0 ignores C's old
+ * contents.
  */
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);

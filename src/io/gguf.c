@@ -457,6 +457,9 @@ lora_status gguf_open(gguf_file *f, const char *path, lora_error *err) {
             return lora_errorf(err, LORA_ERR_IO, "%s: cannot map: %s", path, strerror(e));
         }
         f->map = map;
+#ifdef MADV_HUGEPAGE
+        (void)madvise(map, f->size, MADV_HUGEPAGE); /* huge pages if possible: safetensors.c */
+#endif
     }
     close(fd);
     if ((st = parse(f, err)) != LORA_OK) {

@@ -20,6 +20,7 @@
 
 #include "core/error.h"
 #include "core/kernels.h"
+#include "core/memory.h"
 #include "core/rng.h"
 
 #include <math.h>
@@ -138,7 +139,7 @@ lora_status lora_decoder_init(lora_model *m, int32_t n_seq, int32_t max_len, lor
     int    ok =
         lora_mul_ok(L * S, P * C, &cache) && lora_mul_ok(cache, 2 * sizeof(float), &cache_bytes);
     if (ok) {
-        d->k_cache = malloc(cache_bytes);
+        d->k_cache = lora_alloc_streamed(cache_bytes);
         d->act     = malloc(act * sizeof(float));
         d->len     = calloc(S + 2 * R, sizeof(int32_t));
     }

@@ -13,6 +13,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/kernels.h"
+#include "core/memory.h"
 #include "core/profile.h"
 #include "io/fileutil.h"
 #include "io/hf_config.h"
@@ -136,7 +137,7 @@ static lora_status load_weights(lora_model *m, lora_error *err) {
     }
     m->converted_floats = conv_floats;
     if (conv_floats) {
-        m->converted = malloc(conv_floats * sizeof(float));
+        m->converted = lora_alloc_streamed(conv_floats * sizeof(float));
         if (!m->converted) {
             st = lora_errorf(err, LORA_ERR_NOMEM, "%s: cannot allocate %zu bytes for F32 weights",
                              m->dir, conv_floats * sizeof(float));

@@ -11,6 +11,7 @@
 #include "peft/adapters.h"
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "io/fileutil.h"
 
 #include <dirent.h>
@@ -58,7 +59,8 @@ lora_status lora_model_merge(lora_model *m, lora_error *err) {
             linear *site = site_at(m, l, k);
             if (site->n_adapters == 0) continue;
             size_t n = (size_t)site->in * (size_t)site->out, bytes;
-            float *w = lora_mul_ok(n, sizeof(float), &bytes) ? malloc(bytes) : NULL;
+            float *w = lora_mul_ok(n, sizeof(float), &bytes) ? lora_alloc_streamed(bytes)
+                                                               : NULL;
             if (!w) {
                 merge_undo(m);
                 return lora_errorf(err, LORA_ERR_NOMEM, "%s: cannot allocate %zu bytes for the "

@@ -278,6 +278,55 @@ static void test_gemm(int transA, int transB, int M, int N, int K, float beta) {
     free(A), free(Bm), free(Cf), free(Cr), free(C0);
 }
 
+/*
+ * The matrix-vector products of gemm (M = 1 or N = 1, both stored layouts of the matrix): the
+ * same bits with 1 and 2 threads, at a size that splits the matrix between the threads (the
+ * widths are not multiples of a cache line, the depth not of the kernels' unrolling).
+ */
+static void test_gemv_threads(int transA, int transB, int M, int N, int K, float beta) {
+    int    arows = transA ? K : M, acols = transA ? M : K;
+    int    brows = transB ? N : K, bcols = transB ? K : N;
+    int    lda = acols, ldb = bcols, ldc = N;
+    float *A = fmake((size_t)arows * lda, 1), *Bm = fmake((size_t)brows * ldb, 1);
+    float *C1 = fmake((size_t)M * ldc, 1), *C2 = fcopy(C1, (size_t)M * ldc);
+    float *C5 = fcopy(C1, (size_t)M * ldc);
+    int    nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gemm(transA, transB, M, N, K, 1.25f, A, lda, Bm, ldb, beta, C1, ldc);
+    omp_set_num_threads(nt > 1 ? nt : 2);
+    gemm(transA, transB, M, N, K, 1.25f, A, lda, Bm, ldb, beta, C2, ldc);
+    omp_set_num_threads(5); /* more threads than the kernel has row parts */
+    gemm(transA, transB, M, N, K, 1.25f, A, lda, Bm, ldb, beta, C5, ldc);
+    omp_set_num_threads(nt);
+    test_condf(bits_equal(C1, C2, (size_t)M * ldc) && bits_equal(C1, C5, (size_t)M * ldc),
+               "gemm tA=%d tB=%d M=%d N=%d K=%d beta=%g deterministic across thread counts",
+               transA, transB, M, N, K, (double)beta);
+    free(A), free(Bm), free(C1), free(C2), free(C5);
+}
+
+/*
+ * One row times a (K, N) weight whose rows start off floats past a cache-line boundary, N a
+ * multiple of 16 (every row at the same offset: the kernel does the columns before the first
+ * boundary apart), against the reference, and the same bits with 1 and 2 threads.
+ */
+static void test_gemv_offset(int N, int K, int off) {
+    float *buf = fmake((size_t)K * N + 16, 1), *x = fmake((size_t)K, 1);
+    float *W = buf + off, *y1 = fmake((size_t)N, 1), *y2 = fcopy(y1, (size_t)N);
+    float *yr = fcopy(y1, (size_t)N);
+    int    nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gemm(0, 0, 1, N, K, 0.5f, x, K, W, N, 1.0f, y1, N);
+    omp_set_num_threads(nt > 1 ? nt : 2);
+    gemm(0, 0, 1, N, K, 0.5f, x, K, W, N, 1.0f, y2, N);
+    omp_set_num_threads(nt);
+    gemm_ref(0, 0, 1, N, K, 0.5f, x, K, W, N, 1.0f, yr, N);
+    char what[96];
+    snprintf(what, sizeof what, "gemm x(1,%d) W(%d,%d) at +%d floats", K, K, N, off);
+    check_close(what, NULL, y1, yr, (size_t)N, TOL_FAST);
+    test_condf(bits_equal(y1, y2, (size_t)N), "%s: deterministic across thread counts", what);
+    free(buf), free(x), free(y1), free(y2), free(yr);
+}
+
 /* ---- matmul ---- */
 
 struct mm_ctx {
@@ -574,6 +623,30 @@ int main(void) {
                 test_gemm(ta, tb, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f);
             }
         }
+    }
+    /* decoding's products: one row times a (K, N) weight, an (N, K) LM head or LoRA factor */
+    test_gemm(0, 0, 1, 2307, 771, 0.0f);
+    test_gemm(0, 0, 1, 2307, 771, 0.5f);
+    test_gemm(0, 1, 1, 1003, 771, 0.0f);
+    test_gemm(0, 1, 1, 1003, 771, 1.0f);
+    test_gemm(0, 1, 1, 8, 771, 0.0f);  /* LoRA u = A x */
+    test_gemm(0, 1, 1, 771, 8, 1.0f);  /* LoRA out += s B u */
+    for (int ta = 0; ta < 2; ta++) {
+        for (int tb = 0; tb < 2; tb++) {
+            test_gemv_threads(ta, tb, 1, 2307, 771, 0.0f);
+            test_gemv_threads(ta, tb, 2307, 1, 771, 1.0f);
+            test_gemv_threads(ta, tb, 1, 1003, 61, 0.5f);
+        }
+    }
+    /* a (K, N) weight too wide for the row parts, and one too short: column ranges instead */
+    test_gemm(0, 0, 1, 8200, 40, 0.0f);
+    test_gemm(0, 0, 1, 2000, 40, 1.0f);
+    test_gemv_threads(0, 0, 1, 8200, 40, 0.0f);
+    test_gemv_threads(0, 0, 1, 2000, 40, 1.0f);
+    for (int off = 0; off < 16; off += 3) {
+        test_gemv_offset(784, 771, off);
+        test_gemv_offset(64, 600, off); /* narrower than a thread's share of lines */
+        test_gemv_offset(16, 40, off);  /* one line: the serial path */
     }
 
     test_matmul(1, 54, 162, 0);
