@@ -7,6 +7,8 @@
 
 #include "core/error.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -234,5 +236,21 @@ lora_status lora_mkdirs(const char *dir, lora_error *err) {
         return lora_errorf(err, LORA_ERR_IO, "%s: cannot create directory: %s", dir,
                            strerror(errno));
     }
+    return LORA_OK;
+}
+
+lora_status lora_read_json_object(const char *path, cJSON **root, lora_error *err) {
+    char       *text = NULL;
+    size_t      len  = 0;
+    lora_status st   = lora_read_file(path, &text, &len, err);
+    *root            = NULL;
+    if (st != LORA_OK) return st;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return lora_errorf(err, LORA_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    *root = o;
     return LORA_OK;
 }

@@ -13,6 +13,11 @@
  * it. LORA_ERR_MISSING when the file does not exist, LORA_ERR_IO for other failures. */
 lora_status lora_read_file(const char *path, char **data, size_t *len, lora_error *err);
 
+struct cJSON;
+/* Reads a file holding one JSON object (adapter_config.json, ...) into *root (owned:
+ * cJSON_Delete it). lora_read_file's errors, and LORA_ERR_FORMAT "PATH: not a JSON object". */
+lora_status lora_read_json_object(const char *path, struct cJSON **root, lora_error *err);
+
 /* An output file being written under a temporary name. */
 typedef struct lora_atomic_file {
     FILE *fp;

@@ -348,26 +348,11 @@ static double num_or(const cJSON *root, const char *key, double dflt, int *bad) 
     return v->valuedouble;
 }
 
-static lora_status read_json(const char *path, cJSON **out, lora_error *err) {
-    char       *text = NULL;
-    size_t      len;
-    lora_status st = lora_read_file(path, &text, &len, err);
-    if (st != LORA_OK) return st;
-    *out = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(*out)) {
-        cJSON_Delete(*out);
-        *out = NULL;
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: not a JSON object", path);
-    }
-    return LORA_OK;
-}
-
 int adalora_dir_is_adalora(const char *dir) {
     char   path[4096];
     cJSON *root = NULL;
     if (lora_path_join(path, sizeof path, dir, "adapter_config.json", NULL) != LORA_OK ||
-        read_json(path, &root, NULL) != LORA_OK)
+        lora_read_json_object(path, &root, NULL) != LORA_OK)
         return 0;
     const cJSON *t  = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
     int          is = cJSON_IsString(t) && !strcmp(t->valuestring, "ADALORA");
@@ -410,7 +395,7 @@ lora_status adalora_adapter_load(lora_model *m, const char *dir, lora_error *err
     if ((st = lora_path_join(cfg_path, sizeof cfg_path, dir, "adapter_config.json", err)) ||
         (st = lora_path_join(st_path, sizeof st_path, dir, "adapter_model.safetensors", err)))
         return st;
-    if ((st = read_json(cfg_path, &root, err)) != LORA_OK) return st;
+    if ((st = lora_read_json_object(cfg_path, &root, err)) != LORA_OK) return st;
 
     /* ---- the config ---- */
     int                 bad   = 0;

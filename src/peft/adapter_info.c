@@ -142,21 +142,6 @@ typedef struct mod_in {
     int     has_a, has_b, has_e;
 } mod_in;
 
-static lora_status read_config(const char *path, cJSON **root, lora_error *err) {
-    char       *text = NULL;
-    size_t      len  = 0;
-    lora_status st   = lora_read_file(path, &text, &len, err);
-    if (st != LORA_OK) return st;
-    *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(*root)) {
-        cJSON_Delete(*root);
-        *root = NULL;
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: not a JSON object", path);
-    }
-    return LORA_OK;
-}
-
 static int cmp_site(const void *a, const void *b) {
     const adapter_site_info *x = a, *y = b;
     if (x->layer != y->layer) return x->layer < y->layer ? -1 : 1;
@@ -258,7 +243,7 @@ lora_status adapter_info_read(const char *dir, adapter_info *o, lora_error *err)
     if ((st = lora_path_join(cfg_path, sizeof cfg_path, dir, "adapter_config.json", err)) ||
         (st = lora_path_join(st_path, sizeof st_path, dir, "adapter_model.safetensors", err)))
         return st;
-    if ((st = read_config(cfg_path, &root, err)) != LORA_OK) return st;
+    if ((st = lora_read_json_object(cfg_path, &root, err)) != LORA_OK) return st;
     const cJSON *type  = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
     const cJSON *r     = cJSON_GetObjectItemCaseSensitive(root, "r");
     const cJSON *ir    = cJSON_GetObjectItemCaseSensitive(root, "init_r");

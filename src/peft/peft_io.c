@@ -421,16 +421,9 @@ static const char *slices_hint(const char *meta, int32_t layer, char *buf, size_
 
 static lora_status read_config(const char *path, lora_adapter_params *p, cJSON **root_out,
                                lora_error *err) {
-    char       *text = NULL;
-    size_t      len;
-    lora_status st = lora_read_file(path, &text, &len, err);
+    cJSON      *root;
+    lora_status st = lora_read_json_object(path, &root, err);
     if (st != LORA_OK) return st;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return lora_errorf(err, LORA_ERR_FORMAT, "%s: not a JSON object", path);
-    }
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
     const cJSON *r    = cJSON_GetObjectItemCaseSensitive(root, "r");
     const cJSON *a    = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
