@@ -247,7 +247,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
                         const float *w, const float *mean, const float *rstd, int N, int C) {
     long work = (long)N * C;
     /* dinp: rows are independent */
-    PARALLEL_FOR(work, i, N, layernorm_dinp_row(dinp, dout, inp, w, mean, rstd, C, i));
+    if (dinp) PARALLEL_FOR(work, i, N, layernorm_dinp_row(dinp, dout, inp, w, mean, rstd, C, i));
     if (!dw && !db) return;
     /* dw, db: sums over rows; each thread owns a block of channels */
     int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;

@@ -33,7 +33,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 /* out (N,C); mean, rstd (N) are saved for backward. */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, int N, int C, float eps);
-/* dinp (N,C) accumulates; dw, db (C) may be NULL. */
+/* dinp (N,C) accumulates; dinp, dw and db (C) may each be NULL. */
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, const float *mean, const float *rstd, int N, int C);
 

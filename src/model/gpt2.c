@@ -527,6 +527,13 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
 
 /* ---- backward ---- */
 
+/* Whether backward accumulates any gradient inside the layer. */
+static int layer_has_grad(const gpt2_layer *ly) {
+    return ly->dln_1_w || ly->dln_1_b || ly->dln_2_w || ly->dln_2_b ||
+           linear_has_grad(&ly->c_attn) || linear_has_grad(&ly->attn_proj) ||
+           linear_has_grad(&ly->c_fc) || linear_has_grad(&ly->mlp_proj);
+}
+
 /* The backward pass proper (lora_model_backward times it when profiling). */
 static lora_status backward_pass(lora_model *m, lora_error *err) {
     const lora_config *c = &m->cfg;
@@ -559,12 +566,21 @@ static lora_status backward_pass(lora_model *m, lora_error *err) {
         P(LORA_PROF_LM_HEAD,
           gemm(1, 0, V, C, N, 1.0f, dlogits, V, m->lnf, C, 1.0f, m->dlm_head, C));
 
+    /* As autograd does, backward goes no lower than a gradient is wanted: below the lowest
+     * layer with something trainable nothing is computed, and that layer's input gradient
+     * (its c_attn dX and ln_1's dinp) only when the embeddings are trainable. */
+    int32_t lowest = c->n_layer; /* lowest layer with a trainable parameter */
+    for (int32_t l = 0; l < c->n_layer && lowest == c->n_layer; l++)
+        if (layer_has_grad(&m->layers[l])) lowest = l;
+    int below = m->dwte || m->dwpe; /* whether the embeddings want dL/d(encoded) */
+    if (below) lowest = 0;
     const float *last = c->n_layer ? m->la[c->n_layer - 1].res3 : m->encoded;
     P(LORA_PROF_RESIDUAL, memset(m->dres, 0, NC * sizeof(float)));
     P(LORA_PROF_LAYERNORM, layernorm_backward(m->dres, m->dln_f_w, m->dln_f_b, m->dln, last,
                                               m->ln_f_w, m->lnf_mean, m->lnf_rstd, N, C));
-    for (int32_t l = c->n_layer - 1; l >= 0; l--) {
+    for (int32_t l = c->n_layer - 1; l >= lowest; l--) {
         gpt2_layer      *ly       = &m->layers[l];
+        int              need_dx  = l > lowest || below; /* dL/d(this layer's input) */
         gpt2_layer_acts *a        = &m->la[l];
         const float     *residual = l ? m->la[l - 1].res3 : m->encoded;
         /* dres holds dL/d res3: it flows unchanged into res2 and into the MLP's output */
@@ -586,11 +602,14 @@ static lora_status backward_pass(lora_model *m, lora_error *err) {
         P(LORA_PROF_RESIDUAL, memset(m->dqkv, 0, 3 * NC * sizeof(float)));
         P(LORA_PROF_ATTENTION, attention_backward(m->dqkv, m->att_scratch, m->datty, a->qkv,
                                                   a->att, B, T, C, NH));
-        P(LORA_PROF_RESIDUAL, memset(m->dln, 0, NC * sizeof(float)));
-        linear_backward(&ly->c_attn, m->dln, m->dqkv, a->ln1, N, &m->ctx);
-        P(LORA_PROF_LAYERNORM, layernorm_backward(m->dres, ly->dln_1_w, ly->dln_1_b, m->dln,
-                                                  residual, ly->ln_1_w, a->ln1_mean,
-                                                  a->ln1_rstd, N, C));
+        /* dln (dL/d ln_1's output) is wanted by ln_1's own gradients or by the layer below */
+        int need_dln = need_dx || ly->dln_1_w || ly->dln_1_b;
+        if (need_dln) P(LORA_PROF_RESIDUAL, memset(m->dln, 0, NC * sizeof(float)));
+        linear_backward(&ly->c_attn, need_dln ? m->dln : NULL, m->dqkv, a->ln1, N, &m->ctx);
+        if (need_dln)
+            P(LORA_PROF_LAYERNORM,
+              layernorm_backward(need_dx ? m->dres : NULL, ly->dln_1_w, ly->dln_1_b, m->dln,
+                                 residual, ly->ln_1_w, a->ln1_mean, a->ln1_rstd, N, C));
         /* dres now holds dL/d (this layer's input) */
     }
     if (m->dwte || m->dwpe)

@@ -93,6 +93,7 @@ static const adapter_ops infer_adapter_ops = {
     .reserve  = infer_reserve,
     .free     = infer_free,
     .merge    = infer_merge,
+    .frozen   = 1,
 };
 
 /* ---- the named set ---- */

@@ -36,6 +36,13 @@ void linear_backward(linear *site, float *dinp, const float *dout, const float *
     }
 }
 
+int linear_has_grad(const linear *site) {
+    if (site->dw || site->db) return 1;
+    for (int32_t i = 0; i < site->n_adapters; i++)
+        if (!site->adapters[i].ops->frozen) return 1;
+    return 0;
+}
+
 lora_status linear_attach(linear *site, const adapter *a, lora_error *err) {
     if (site->n_adapters == LINEAR_MAX_ADAPTERS)
         return lora_errorf(err, LORA_ERR_STATE, "%s: too many adapters on one site (max %d)",

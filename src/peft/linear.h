@@ -56,6 +56,8 @@ struct adapter_ops {
      * with its current values and scale: what its forward adds, folded into a weight. NULL: the
      * adapter cannot be merged. */
     void (*merge)(const adapter *a, const linear *site, float *w);
+    /* 1: the adapter has no trainable parameters (its backward only passes dX through). */
+    int frozen;
 };
 
 struct adapter {
@@ -86,6 +88,8 @@ void linear_forward(linear *site, float *out, const float *inp, int N, const pef
 /* dinp (N, in) += dout · W0ᵀ + adapters' dX (dinp may be NULL); trainable grads accumulate. */
 void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
                      const peft_ctx *ctx);
+/* Whether backward accumulates any gradient at the site (W0, bias or a trainable adapter). */
+int linear_has_grad(const linear *site);
 /* ---- helpers shared by low-rank adapters (LoRA, AdaLoRA) ---- */
 
 /* Whether this pass drops the adapter's input, and the stream its mask is drawn from: masks are
