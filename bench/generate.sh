@@ -37,8 +37,11 @@
 # transparent huge pages, measured before and after the runs (the highest is used). The triad
 # counts 3 x 8 bytes per element as STREAM does (the write-allocate read is not counted), and a
 # decoded token only reads, so a ratio a little above 1 is possible.
+# The bandwidth of a shared machine drifts over minutes as its neighbours' load changes, so each
+# run also gets its own bound: a short triad (3 x 128 MiB, best of 3) just before it, recorded
+# with its result; the /adj column is the median over the rounds of decode ÷ that bound.
 #
-# Columns: decode tokens/s and its ratio to the bound, to lora.c base, to llama.cpp and to the
+# Columns: decode tokens/s and its ratio to the bound (and to the adjacent bound), to lora.c base, to llama.cpp and to the
 # PyTorch reference; "agree" is how many of the generated tokens are the same as lora.c base's
 # (for the adapter: merged against unmerged) before the first difference — float rounding may
 # break a near tie differently, so less than all is not by itself an error.
@@ -215,8 +218,13 @@ while [ $r -lt "$rounds" ]; do
         label=${rest%%|*}
         cmd=${rest#*|}
         log "round $((r + 1))/$rounds: $label"
+        # the bandwidth of this moment: a short triad right before the run, kept with its result
+        adj=$("$bg" triad --threads "$threads" --reps 3 --mib 128 2>>"$res/$name.err" |
+              sed -n 's/^triad_gbs=\([0-9.]*\).*/\1/p')
         # shellcheck disable=SC2086
-        if ! (cd "$root" && $cmd $common) >>"$res/$name.txt" 2>>"$res/$name.err"; then
+        if out=$(cd "$root" && $cmd $common 2>>"$res/$name.err"); then
+            echo "$out triad_adj_gbs=${adj:-0}" >>"$res/$name.txt"
+        else
             log "  $label failed: $(tail -2 "$res/$name.err")"
         fi
         i=$((i + 1))
@@ -242,7 +250,20 @@ stats() { # FILE KEY -> "median min max n"
             m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
             print m, v[1], v[NR], NR }'
 }
-tokens() { sed -n '1s/.*tokens=//p' "$1" 2>/dev/null; }
+tokens() { sed -n '1s/.*tokens=\([0-9,]*\).*/\1/p' "$1" 2>/dev/null; }
+# median over the runs of decode tokens/s ÷ the bound from the triad taken just before each run
+adjratio() { # FILE -> ratio, or -
+    awk -v by="$bytes" '{
+        d = ""; t = ""
+        for (i = 1; i <= NF; i++) {
+            if ($i ~ /^decode_tps=/) d = substr($i, 12)
+            if ($i ~ /^triad_adj_gbs=/) t = substr($i, 15)
+        }
+        if (d != "" && t + 0 > 0) print d / (t * 1e9 / by)
+    }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "-"; exit }
+        printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 agree() { # TOKENS_A TOKENS_B -> count of equal leading tokens
     echo "$1 $2" | awk '{ n = split($1, a, ","); split($2, b, ",")
         for (i = 1; i <= n && a[i] == b[i]; i++); print i - 1 "/" n }'
@@ -262,9 +283,9 @@ echo "KV cache, $threads threads; $rounds round(s) interleaved; median (min-max)
 echo "machine: $(nproc) cores; load average $load_start at the start, $load_end at the end"
 echo "bandwidth bound: $bytes bytes/token (4·(L·(C·3C + C·C + 2·C·F) + V·C)) / triad $bw GB/s"
 echo "  = $bound tokens/s (triad on $threads threads: $bw4k GB/s on 4 KiB pages, $bwhuge GB/s on huge pages)"
-printf '%-22s %9s %9s %-17s %7s %7s %7s %7s %8s\n' implementation prefill decode "(min-max)" \
-    "/bound" "/base" "/llama" "/torch" agree
-printf '%-22s %9s %9s %-17s %7s %7s %7s %7s %8s\n' "" "tok/s" "tok/s" "" "" "" "" "" ""
+printf '%-22s %9s %9s %-17s %7s %7s %7s %7s %7s %8s\n' implementation prefill decode "(min-max)" \
+    "/bound" "/adj" "/base" "/llama" "/torch" agree
+printf '%-22s %9s %9s %-17s %7s %7s %7s %7s %7s %8s\n' "" "tok/s" "tok/s" "" "" "" "" "" "" ""
 base_tok=$(tokens "$res/lorac_base.txt")
 echo "$impls" | while IFS='|' read -r name label cmd; do
     f="$res/$name.txt"
@@ -280,15 +301,18 @@ echo "$impls" | while IFS='|' read -r name label cmd; do
     [ "$name" = lorac_merged ] && ref=$(tokens "$res/lorac_unmerged.txt")
     [ "$name" = lorac_unmerged ] && ref=$(tokens "$res/lorac_merged.txt")
     ag=$(agree "$(tokens "$f")" "$ref")
+    adj=$(adjratio "$f")
     awk -v l="$label" -v p="$pre" -v m="$med" -v lo="$lo" -v hi="$hi" -v bd="$bound" \
-        -v b="$base_tps" -v ll="$llama_tps" -v t="$torch_tps" -v ag="$ag" 'BEGIN {
+        -v adj="$adj" -v b="$base_tps" -v ll="$llama_tps" -v t="$torch_tps" -v ag="$ag" 'BEGIN {
         r = sprintf("(%.1f-%.1f)", lo, hi)
-        printf "%-22s %9.1f %9.2f %-17s %7.3f %7s %7s %7s %8s\n", l, p, m, r, m / bd,
+        printf "%-22s %9.1f %9.2f %-17s %7.3f %7s %7s %7s %7s %8s\n", l, p, m, r, m / bd, adj,
             (b == "-" || b == "") ? "-" : sprintf("%.3f", m / b),
             ll == "-" ? "-" : sprintf("%.3f", m / ll),
             t == "-" ? "-" : sprintf("%.3f", m / t), ag }'
 done
 [ -n "$torch_skip" ] && echo "PyTorch: skipped ($torch_skip)"
 [ -n "$llama_skip" ] && echo "llama.cpp: skipped ($llama_skip)"
+echo "/bound: against the best triad of the run; /adj: median over the rounds of decode tokens/s"
+echo "against the bound from a short triad (3 x 128 MiB, best of 3) taken just before that run"
 echo "/torch is against the faster PyTorch row ($torch_tps tokens/s); raw results in $res"
 exit 0

@@ -26,6 +26,27 @@ static inline float rng_uniform(uint64_t key, uint64_t i) {
     return (float)(rng_mix64(key ^ rng_mix64(i)) >> 40) * (1.0f / 16777216.0f);
 }
 
+/* A 32-bit integer hash (xor-shift-multiply, two rounds): AVX2 has 32-bit lane multiplies, so
+ * loops over it vectorise, where rng_mix64's 64-bit products do not. */
+static inline uint32_t rng_hash32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+
+/* The dropout threshold for probability p: element i is kept when rng_keep24 >= it. */
+static inline uint32_t rng_drop_threshold(float p) {
+    return (uint32_t)((double)p * 16777216.0);
+}
+
+/* 24 uniform bits for element i (< 2^32) of stream key: the dropout masks, which are drawn for
+ * every adapter input on every pass and regenerated in backward, so their cost counts. */
+static inline uint32_t rng_keep24(uint64_t key, uint32_t i) {
+    return rng_hash32(rng_hash32(i ^ (uint32_t)key) + (uint32_t)(key >> 32)) >> 8;
+}
+
 /* Standard normal (Box-Muller) from element i of stream key. */
 static inline float rng_normal(uint64_t key, uint64_t i) {
     uint64_t h  = rng_mix64(key ^ rng_mix64(i));

@@ -86,9 +86,12 @@ uint64_t adapter_dropout_key(const adapter *a, const peft_ctx *ctx) {
 }
 
 void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key) {
-    float keep_scale = 1.0f / (1.0f - p);
+    float    keep_scale = 1.0f / (1.0f - p);
+    uint32_t thr        = rng_drop_threshold(p);
+    LORA_ASSERT(n <= UINT32_MAX);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = rng_uniform(key, i) >= p ? x[i] * keep_scale : 0.0f;
+    for (size_t i = 0; i < n; i++)
+        out[i] = rng_keep24(key, (uint32_t)i) >= thr ? x[i] * keep_scale : 0.0f;
 }
 
 void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int r, int in,
@@ -98,11 +101,13 @@ void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int
         return;
     }
     gemm(0, 0, N, in, r, 1.0f, du, r, A, in, 0.0f, scratch, in);
-    float  keep = 1.0f / (1.0f - p);
-    size_t n    = (size_t)N * (size_t)in;
+    float    keep = 1.0f / (1.0f - p);
+    size_t   n    = (size_t)N * (size_t)in;
+    uint32_t thr  = rng_drop_threshold(p);
+    LORA_ASSERT(n <= UINT32_MAX);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
-        if (rng_uniform(key, i) >= p) dinp[i] += scratch[i] * keep;
+        dinp[i] += rng_keep24(key, (uint32_t)i) >= thr ? scratch[i] * keep : 0.0f;
 }
 
 lora_status adapter_reserve_rows(float **buf, int32_t *n_max, int N, int32_t r,

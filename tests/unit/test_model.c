@@ -4,10 +4,12 @@
  * tensors, argument checks, schedules and the memory estimate.
  */
 #include "model/gpt2.h"
+#include "peft/linear.h"
 #include "test_helper.h"
 #include "tiny_model.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static char root[4096];
@@ -234,6 +236,47 @@ static void test_dropout(void) {
     lora_model_free(m);
 }
 
+/* The dropout masks: the dropped fraction is p, kept elements are scaled by 1 / (1 - p), the
+ * same key gives the same mask and two keys independent ones (overlap of drops near p²). */
+static void test_dropout_masks(void) {
+    enum { N = 1 << 20 };
+    float *x = malloc(N * sizeof(float)), *m1 = malloc(N * sizeof(float)),
+          *m2 = malloc(N * sizeof(float)), *m3 = malloc(N * sizeof(float));
+    if (!x || !m1 || !m2 || !m3) {
+        test_cond("dropout masks: allocation", 0);
+        free(x), free(m1), free(m2), free(m3);
+        return;
+    }
+    for (int i = 0; i < N; i++) x[i] = 1.0f;
+    const float ps[] = {0.05f, 0.1f, 0.3f, 0.5f};
+    for (int t = 0; t < 4; t++) {
+        float p = ps[t];
+        adapter_dropout_apply(m1, x, N, p, 1234 + t);
+        adapter_dropout_apply(m2, x, N, p, 1234 + t);
+        adapter_dropout_apply(m3, x, N, p, 99991 + 7 * t);
+        long  drop = 0, both = 0, same = 1, scaled = 1;
+        float keep = 1.0f / (1.0f - p);
+        for (int i = 0; i < N; i++) {
+            drop += m1[i] == 0.0f;
+            both += m1[i] == 0.0f && m3[i] == 0.0f;
+            same &= m1[i] == m2[i];
+            scaled &= m1[i] == 0.0f || m1[i] == keep;
+        }
+        double f = (double)drop / N, o = (double)both / N;
+        test_condf(fabs(f - p) < 0.003, "p = %g: dropped fraction %.4f", (double)p, f);
+        test_condf(same && scaled, "p = %g: reproducible, kept scaled by 1 / (1 - p)", (double)p);
+        test_condf(fabs(o - (double)p * p) < 0.003, "p = %g: two keys overlap %.4f (p² = %.4f)",
+                   (double)p, o, (double)p * p);
+    }
+    /* consecutive elements are not correlated: drops in a row occur at rate p² */
+    adapter_dropout_apply(m1, x, N, 0.5f, 77);
+    long pairs = 0;
+    for (int i = 0; i + 1 < N; i++) pairs += m1[i] == 0.0f && m1[i + 1] == 0.0f;
+    test_condf(fabs((double)pairs / (N - 1) - 0.25) < 0.003, "adjacent drops %.4f (0.25)",
+               (double)pairs / (N - 1));
+    free(x), free(m1), free(m2), free(m3);
+}
+
 static void test_f16_and_methods(void) {
     enum { B = 1, T = 8 };
     int32_t     tok[B * T], tgt[B * T];
@@ -355,6 +398,7 @@ int main(void) {
     test_bad_checkpoints();
     test_lora_invariants();
     test_dropout();
+    test_dropout_masks();
     test_f16_and_methods();
     test_targets_and_schedules();
     test_estimate();
