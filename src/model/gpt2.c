@@ -584,28 +584,27 @@ static lora_status backward_pass(lora_model *m, lora_error *err) {
         gpt2_layer_acts *a        = &m->la[l];
         const float     *residual = l ? m->la[l - 1].res3 : m->encoded;
         /* dres holds dL/d res3: it flows unchanged into res2 and into the MLP's output */
-        P(LORA_PROF_RESIDUAL, memset(m->dfch_a, 0, NF * sizeof(float)));
-        linear_backward(&ly->mlp_proj, m->dfch_a, m->dres, a->fch_gelu, N, &m->ctx);
+        linear_backward_set(&ly->mlp_proj, m->dfch_a, m->dres, a->fch_gelu, N, &m->ctx);
         P(LORA_PROF_RESIDUAL, memset(m->dfch_b, 0, NF * sizeof(float)));
         if (c->activation == LORA_ACT_GELU_ERF)
             P(LORA_PROF_GELU, gelu_erf_backward(m->dfch_b, a->fch, m->dfch_a, NF));
         else
             P(LORA_PROF_GELU, gelu_backward(m->dfch_b, a->fch, m->dfch_a, NF));
-        P(LORA_PROF_RESIDUAL, memset(m->dln, 0, NC * sizeof(float)));
-        linear_backward(&ly->c_fc, m->dln, m->dfch_b, a->ln2, N, &m->ctx);
+        linear_backward_set(&ly->c_fc, m->dln, m->dfch_b, a->ln2, N, &m->ctx);
         P(LORA_PROF_LAYERNORM, layernorm_backward(m->dres, ly->dln_2_w, ly->dln_2_b, m->dln,
                                                   a->res2, ly->ln_2_w, a->ln2_mean, a->ln2_rstd,
                                                   N, C));
         /* dres now holds dL/d res2 */
-        P(LORA_PROF_RESIDUAL, memset(m->datty, 0, NC * sizeof(float)));
-        linear_backward(&ly->attn_proj, m->datty, m->dres, a->atty, N, &m->ctx);
+        linear_backward_set(&ly->attn_proj, m->datty, m->dres, a->atty, N, &m->ctx);
         P(LORA_PROF_RESIDUAL, memset(m->dqkv, 0, 3 * NC * sizeof(float)));
         P(LORA_PROF_ATTENTION, attention_backward(m->dqkv, m->att_scratch, m->datty, a->qkv,
                                                   a->att, B, T, C, NH));
         /* dln (dL/d ln_1's output) is wanted by ln_1's own gradients or by the layer below */
         int need_dln = need_dx || ly->dln_1_w || ly->dln_1_b;
-        if (need_dln) P(LORA_PROF_RESIDUAL, memset(m->dln, 0, NC * sizeof(float)));
-        linear_backward(&ly->c_attn, need_dln ? m->dln : NULL, m->dqkv, a->ln1, N, &m->ctx);
+        if (need_dln)
+            linear_backward_set(&ly->c_attn, m->dln, m->dqkv, a->ln1, N, &m->ctx);
+        else
+            linear_backward(&ly->c_attn, NULL, m->dqkv, a->ln1, N, &m->ctx);
         if (need_dln)
             P(LORA_PROF_LAYERNORM,
               layernorm_backward(need_dx ? m->dres : NULL, ly->dln_1_w, ly->dln_1_b, m->dln,

@@ -19,12 +19,18 @@ void linear_forward(linear *site, float *out, const float *inp, int N, const pef
     }
 }
 
-void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
-                     const peft_ctx *ctx) {
+/* dinp (N, in) = or += dout · W0ᵀ, then the rest of linear_backward */
+static void backward(linear *site, float *dinp, int overwrite, const float *dout,
+                     const float *inp, int N, const peft_ctx *ctx) {
     /* frozen W0: dX only; dW and db exist only when a method made them trainable (two calls
      * give the same results as one: the products are independent) */
-    PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
-            matmul_backward(dinp, NULL, NULL, dout, inp, site->w, N, site->in, site->out));
+    if (dinp && overwrite)
+        PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
+                gemm(0, 1, N, site->in, site->out, 1.0f, dout, site->out, site->w, site->out,
+                     0.0f, dinp, site->in));
+    else
+        PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
+                matmul_backward(dinp, NULL, NULL, dout, inp, site->w, N, site->in, site->out));
     if (site->dw || site->db)
         PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL_DW,
                 matmul_backward(NULL, site->dw, site->db, dout, inp, site->w, N, site->in,
@@ -34,6 +40,16 @@ void linear_backward(linear *site, float *dinp, const float *dout, const float *
         PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_ADAPTER,
                 a->ops->backward(a, site, dinp, dout, inp, N, ctx));
     }
+}
+
+void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
+                     const peft_ctx *ctx) {
+    backward(site, dinp, 0, dout, inp, N, ctx);
+}
+
+void linear_backward_set(linear *site, float *dinp, const float *dout, const float *inp, int N,
+                         const peft_ctx *ctx) {
+    backward(site, dinp, 1, dout, inp, N, ctx);
 }
 
 int linear_has_grad(const linear *site) {

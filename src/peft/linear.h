@@ -88,6 +88,10 @@ void linear_forward(linear *site, float *out, const float *inp, int N, const pef
 /* dinp (N, in) += dout · W0ᵀ + adapters' dX (dinp may be NULL); trainable grads accumulate. */
 void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
                      const peft_ctx *ctx);
+/* As linear_backward, but dinp (never NULL) is overwritten instead of accumulated into: the
+ * caller need not zero it first. */
+void linear_backward_set(linear *site, float *dinp, const float *dout, const float *inp, int N,
+                         const peft_ctx *ctx);
 /* Whether backward accumulates any gradient at the site (W0, bias or a trainable adapter). */
 int linear_has_grad(const linear *site);
 /* ---- helpers shared by low-rank adapters (LoRA, AdaLoRA) ---- */
