@@ -53,6 +53,16 @@ fi
 echo "== export (F16) and held-out perplexity" >&2
 "$lora" convert --model "$work/run" --dtype f16 --out "$out"
 "$lora" eval --model "$out" --data "$work/corpus/val.jsonl" --seq-len 256 > "$work/heldout.json"
+echo "== copy probe (can the model repeat a sentence from its context?)" >&2
+python3 "$here/copy_probe.py" --val "$work/corpus/val.jsonl" --out "$work/probe"
+copy_loss=$("$lora" eval --model "$out" --data "$work/probe/copy.jsonl" |
+            sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+ctrl_loss=$("$lora" eval --model "$out" --data "$work/probe/control.jsonl" |
+            sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+awk -v c="$copy_loss" -v k="$ctrl_loss" 'BEGIN {
+    printf "{\"copy_loss\": %s, \"control_loss\": %s, \"gain\": %.4f}\n", c, k, k - c }' \
+    > "$work/copy_probe.json"
+cp "$work/copy_probe.json" "$out/copy_probe.json"
 cp "$work/run/metrics.jsonl" "$out/pretrain_metrics.jsonl"
 cp "$work/heldout.json" "$out/heldout.json"
 cp "$work/corpus/stats.json" "$out/corpus_stats.json"
@@ -73,3 +83,4 @@ plot "$work/train.dat" using 1:2 with lines title "train", \
 GP
 fi
 echo "wrote $out: $(cat "$work/heldout.json")" >&2
+echo "copy probe: $(cat "$work/copy_probe.json")" >&2
