@@ -7,7 +7,8 @@
  * 10), to switch adapters on a merged model (unmerge + remove + add + merge, mean of 100, between
  * ADAPTER_DIR and ADAPTER2_DIR, or ADAPTER_DIR and itself), and greedy generation with the KV
  * cache (batch 1, 64-token prompt, 128 new tokens; decode tokens/s, the prompt untimed) on the
- * base model, the merged model and the unmerged adapter, in interleaved repetitions within one run, with the ratios to the base.
+ * base model, the merged model and the unmerged adapter, in interleaved repetitions within one
+ * run, with the ratios to the base.
  * Not a test: it checks nothing but that every call succeeds.
  */
 #include "lora.h"
