@@ -1,5 +1,5 @@
 /*
- * cmd_eval.c — `lora eval`: a model (optionally with a PEFT adapter) scored on a JSONL dataset:
+ * cmd_eval.c — `lora eval`: a model (optionally with PEFT adapters) scored on a JSONL dataset:
  * mean cross-entropy over every loss token, its perplexity, and next-token accuracy, printed as
  * one JSON object. Parsing and printing only; the data path is the dataset/batcher API and the
  * model's forward pass.
@@ -32,7 +32,8 @@ static void eval_usage(FILE *out) {
             "options:\n"
             "  --model DIR       the base model (config.json + model.safetensors)\n"
             "  --tokenizer DIR   tokenizer.json or vocab.json + merges.txt (default: --model)\n"
-            "  --adapter DIR     a PEFT LoRA adapter to apply\n"
+            "  --adapter DIR[:S] a PEFT LoRA or AdaLoRA adapter directory to apply, scaled\n"
+            "                    by S (default 1); repeatable: the adapters are summed\n"
             "  --data FILE       the JSONL dataset\n"
             "  --batch B         examples per forward pass (default 8)\n"
             "  --seq-len T       tokens per example, longer ones truncated\n"
@@ -108,9 +109,24 @@ static const struct option eval_opts[] = {{"model", required_argument, 0, 'm'},
                                           {0, 0, 0, 0}};
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_dir = NULL, *tok_dir = NULL, *adapter = NULL, *data = NULL;
+    const char *model_dir = NULL, *tok_dir = NULL, *data = NULL;
     int32_t     B = 8, T = 0, skip_bad = 0;
-    int         c;
+    int         c, n_ad = 0, rc = 2;
+    /* at most one adapter per argument */
+    char      **ad_dirs   = calloc((size_t)argc + 1, sizeof *ad_dirs);
+    float      *ad_scales = calloc((size_t)argc + 1, sizeof *ad_scales);
+    lora_error         err;
+    lora_model        *m      = NULL;
+    lora_tokenizer    *tok    = NULL;
+    lora_dataset      *ds     = NULL;
+    lora_batcher      *bt     = NULL;
+    int32_t           *tokens = NULL, *targets = NULL;
+    lora_dataset_stats st;
+    if (!ad_dirs || !ad_scales) {
+        cli_error("eval", "out of memory");
+        rc = 1;
+        goto done;
+    }
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", eval_opts, NULL)) != -1) {
         switch (c) {
@@ -120,22 +136,29 @@ int cmd_eval(int argc, char **argv) {
         case 'k':
             tok_dir = optarg;
             break;
-        case 'a':
-            adapter = optarg;
+        case 'a': {
+            int has;
+            ad_scales[n_ad] = 1.0f;
+            if (cli_parse_adapter(optarg, &ad_dirs[n_ad], &ad_scales[n_ad], &has)) {
+                cli_error("eval", "--adapter needs DIR or DIR:SCALE, got '%s'", optarg);
+                goto done;
+            }
+            n_ad++;
             break;
+        }
         case 'd':
             data = optarg;
             break;
         case 'b':
             if (parse_pos_int(optarg, &B)) {
                 cli_error("eval", "--batch must be a positive integer, got '%s'", optarg);
-                return 2;
+                goto done;
             }
             break;
         case 's':
             if (parse_pos_int(optarg, &T)) {
                 cli_error("eval", "--seq-len must be a positive integer, got '%s'", optarg);
-                return 2;
+                goto done;
             }
             break;
         case 'x':
@@ -143,10 +166,11 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'h':
             eval_usage(stdout);
-            return 0;
+            rc = 0;
+            goto done;
         default:
             eval_usage(stderr);
-            return 2;
+            goto done;
         }
     }
     if (optind != argc || !model_dir || !data) {
@@ -155,18 +179,11 @@ int cmd_eval(int argc, char **argv) {
         else
             cli_error("eval", "--model and --data are required");
         eval_usage(stderr);
-        return 2;
+        goto done;
     }
     if (!tok_dir) tok_dir = model_dir;
 
-    int                rc = 1;
-    lora_error         err;
-    lora_model        *m      = NULL;
-    lora_tokenizer    *tok    = NULL;
-    lora_dataset      *ds     = NULL;
-    lora_batcher      *bt     = NULL;
-    int32_t           *tokens = NULL, *targets = NULL;
-    lora_dataset_stats st;
+    rc = 1;
 
     if (lora_model_load(model_dir, &m, &err) != LORA_OK) goto lib_fail;
     const lora_config *cfg = lora_model_config(m);
@@ -180,7 +197,11 @@ int cmd_eval(int argc, char **argv) {
         cli_error("eval", "--batch x --seq-len = %lld tokens is too large", (long long)B * T);
         goto done;
     }
-    if (adapter && lora_adapter_load(m, adapter, &err) != LORA_OK) goto lib_fail;
+    for (int i = 0; i < n_ad; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "adapter%d", i);
+        if (lora_adapter_add(m, ad_dirs[i], name, ad_scales[i], &err) != LORA_OK) goto lib_fail;
+    }
     if (lora_tokenizer_load(tok_dir, &tok, &err) != LORA_OK) goto lib_fail;
     if (lora_tokenizer_n_vocab(tok) > cfg->vocab_size) {
         cli_error("eval",
@@ -240,5 +261,9 @@ done:
     lora_dataset_free(ds);
     lora_tokenizer_free(tok);
     lora_model_free(m);
+    if (ad_dirs)
+        for (int i = 0; i < n_ad; i++) free(ad_dirs[i]);
+    free(ad_dirs);
+    free(ad_scales);
     return rc;
 }

@@ -41,6 +41,16 @@ for f in adapter_config.json adapter_model.safetensors metrics.jsonl checkpoint.
 done
 grep -q '"peft_type":[[:space:]]*"LORA"' "$work/A/adapter_config.json" && ok || bad "adapter_config.json"
 
+# lora eval with adapters: A helps, A:0 is the base, two halves of A are A
+evloss() { "$lora" eval --model "$model" --data "$work/data/val.jsonl" --seq-len 32 "$@" |
+           sed 's/.*"loss": \([0-9.e+-]*\).*/\1/'; }
+e_base=$(evloss) e_a=$(evloss --adapter "$work/A") e_0=$(evloss --adapter "$work/A:0")
+e_h=$(evloss --adapter "$work/A:0.5" --adapter "$work/A:0.5")
+echo "eval: base $e_base, with A $e_a, A:0 $e_0, A:0.5 twice $e_h"
+awk -v b="$e_base" -v a="$e_a" 'BEGIN { exit !(a < b - 0.3) }' && ok || bad "eval with A: $e_a vs base $e_base"
+awk -v b="$e_base" -v a="$e_0" 'BEGIN { d = a - b; exit !(d < 1e-6 && d > -1e-6) }' && ok || bad "A:0 $e_0 vs base $e_base"
+awk -v h="$e_h" -v a="$e_a" 'BEGIN { d = h - a; exit !(d < 1e-4 && d > -1e-4) }' && ok || bad "two halves $e_h vs A $e_a"
+
 # the adapter in the PyTorch reference, PEFT semantics
 "$peft" expect "$model" "$work/A" >/dev/null && ok || bad "expect"
 "$py" "$oracle/peft_check.py" check --model "$model" --adapter "$work/A" && ok || bad "PEFT-semantics logits"
