@@ -601,14 +601,14 @@ static lora_status backward_pass(lora_model *m, lora_error *err) {
                                                   a->att, B, T, C, NH));
         /* dln (dL/d ln_1's output) is wanted by ln_1's own gradients or by the layer below */
         int need_dln = need_dx || ly->dln_1_w || ly->dln_1_b;
-        if (need_dln)
+        if (need_dln) {
             linear_backward_set(&ly->c_attn, m->dln, m->dqkv, a->ln1, N, &m->ctx);
-        else
-            linear_backward(&ly->c_attn, NULL, m->dqkv, a->ln1, N, &m->ctx);
-        if (need_dln)
             P(LORA_PROF_LAYERNORM,
               layernorm_backward(need_dx ? m->dres : NULL, ly->dln_1_w, ly->dln_1_b, m->dln,
                                  residual, ly->ln_1_w, a->ln1_mean, a->ln1_rstd, N, C));
+        } else {
+            linear_backward(&ly->c_attn, NULL, m->dqkv, a->ln1, N, &m->ctx);
+        }
         /* dres now holds dL/d (this layer's input) */
     }
     if (m->dwte || m->dwpe)

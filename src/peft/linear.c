@@ -19,18 +19,15 @@ void linear_forward(linear *site, float *out, const float *inp, int N, const pef
     }
 }
 
-/* dinp (N, in) = or += dout · W0ᵀ, then the rest of linear_backward */
+/* linear_backward, with dinp = (overwrite) or += dout · W0ᵀ */
 static void backward(linear *site, float *dinp, int overwrite, const float *dout,
                      const float *inp, int N, const peft_ctx *ctx) {
     /* frozen W0: dX only; dW and db exist only when a method made them trainable (two calls
      * give the same results as one: the products are independent) */
-    if (dinp && overwrite)
+    if (dinp)
         PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
                 gemm(0, 1, N, site->in, site->out, 1.0f, dout, site->out, site->w, site->out,
-                     0.0f, dinp, site->in));
-    else
-        PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
-                matmul_backward(dinp, NULL, NULL, dout, inp, site->w, N, site->in, site->out));
+                     overwrite ? 0.0f : 1.0f, dinp, site->in));
     if (site->dw || site->db)
         PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL_DW,
                 matmul_backward(NULL, site->dw, site->db, dout, inp, site->w, N, site->in,
