@@ -36,6 +36,7 @@
 #define SLICES_META "lora.c_attn_slices"
 #define RANK_META "adalora.r"
 
+/* indexed by peft_key_lora's module numbers, in its order */
 static const struct {
     const char *name;  /* module under the layer */
     const char *entry; /* PEFT's target_modules entry (suffix-matched) */
@@ -44,7 +45,6 @@ static const struct {
                {"attn.c_proj", "attn.c_proj", LORA_TARGET_ATTN_PROJ},
                {"mlp.c_fc", "c_fc", LORA_TARGET_MLP_FC},
                {"mlp.c_proj", "mlp.c_proj", LORA_TARGET_MLP_PROJ}};
-#define N_MODULES 4
 
 /* 0..3 for a site bit (q/k/v slices are part of c_attn) */
 static int module_index(uint32_t target) {
@@ -308,21 +308,14 @@ typedef struct ada_in {
 /* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|E|B)[.<adapter name>]";
  * which: 0 A, 1 E, 2 B. */
 static int parse_key(const char *key, int32_t *layer, int32_t *module, int *which) {
-    int32_t     l;
-    const char *p = peft_key_layer(key, &l);
-    if (!p) return 0;
-    for (int i = 0; i < N_MODULES; i++) {
-        size_t n = strlen(modules[i].name);
-        if (strncmp(p, modules[i].name, n) || strncmp(p + n, ".lora_", 6)) continue;
-        char c = p[n + 6];
-        if ((c != 'A' && c != 'E' && c != 'B') || (p[n + 7] && p[n + 7] != '.')) return 0;
-        if (p[n + 7] == '.' && (!p[n + 8] || strchr(p + n + 8, '.'))) return 0; /* ".weight" */
-        *layer  = l;
-        *module = i;
-        *which  = c == 'A' ? 0 : c == 'E' ? 1 : 2;
-        return 1;
-    }
-    return 0;
+    int         mo;
+    char        c;
+    const char *q = peft_key_lora(key, layer, &mo, &c);
+    if (!q || (c != 'A' && c != 'E' && c != 'B') || (*q && *q != '.')) return 0;
+    if (*q == '.' && (!q[1] || strchr(q + 1, '.'))) return 0; /* ".weight" */
+    *module = mo;
+    *which  = c == 'A' ? 0 : c == 'E' ? 1 : 2;
+    return 1;
 }
 
 /* The rank_pattern list for "h.N.<module>": keys "[base_model.model.][transformer.]h.N.<module>

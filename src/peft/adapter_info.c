@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* indexed by peft_key_lora's module numbers, in its order */
 static const struct {
     const char *name;
     uint32_t    target;
@@ -29,7 +30,6 @@ static const struct {
                {"attn.c_proj", LORA_TARGET_ATTN_PROJ},
                {"mlp.c_fc", LORA_TARGET_MLP_FC},
                {"mlp.c_proj", LORA_TARGET_MLP_PROJ}};
-#define N_MODULES 4
 
 const char *adapter_target_label(uint32_t target) {
     switch (target) {
@@ -55,20 +55,8 @@ static int target_order(uint32_t target) {
 
 /* "[base_model.model.][transformer.]h.N.<module>.lora_(A|B|E)..." -> layer, module, letter */
 static int parse_key(const char *key, int32_t *layer, int *module, char *which) {
-    int32_t     l;
-    const char *p = peft_key_layer(key, &l);
-    if (!p) return 0;
-    for (int i = 0; i < N_MODULES; i++) {
-        size_t n = strlen(modules[i].name);
-        if (strncmp(p, modules[i].name, n) || strncmp(p + n, ".lora_", 6)) continue;
-        char c = p[n + 6];
-        if ((c != 'A' && c != 'B' && c != 'E') || (p[n + 7] && p[n + 7] != '.')) return 0;
-        *layer  = l;
-        *module = i;
-        *which  = c;
-        return 1;
-    }
-    return 0;
+    const char *q = peft_key_lora(key, layer, module, which);
+    return q && (*which == 'A' || *which == 'B' || *which == 'E') && (!*q || *q == '.');
 }
 
 /* PEFT's pattern keys match a module name as a dotted suffix, either way round. */

@@ -101,6 +101,11 @@ struct cJSON;
 /* Strips "[base_model.model.][transformer.]h.N." from a PEFT tensor key: the rest of the key
  * and *layer = N, or NULL when the key does not start that way. */
 const char *peft_key_layer(const char *key, int32_t *layer);
+/* Splits "[base_model.model.][transformer.]h.N.<module>.lora_X<rest>" for the four linear modules
+ * of a GPT-2 layer: returns rest (what follows the letter X), with *layer = N, *module = 0 for
+ * attn.c_attn, 1 attn.c_proj, 2 mlp.c_fc, 3 mlp.c_proj, and *letter = X; NULL when the key is
+ * not of that form. The callers check the letter and the rest their format allows. */
+const char *peft_key_lora(const char *key, int32_t *layer, int *module, char *letter);
 /* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight": 1 and the
  * layer, the module's LORA_TARGET_* bit (C_ATTN for c_attn) and whether it is B; else 0. */
 int peft_key_parse(const char *key, int32_t *layer, uint32_t *target, int *is_b);

@@ -295,29 +295,31 @@ const char *peft_key_layer(const char *key, int32_t *layer) {
     return end + 1;
 }
 
-/* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight". */
-static int parse_key(const char *key, int32_t *layer, uint32_t *target, int *is_b) {
+const char *peft_key_lora(const char *key, int32_t *layer, int *module, char *letter) {
     int32_t     l;
     const char *p = peft_key_layer(key, &l);
-    if (!p) return 0;
-    for (size_t i = 0; i < sizeof modules / sizeof modules[0]; i++) {
+    if (!p) return NULL;
+    for (int i = 0; i < (int)(sizeof modules / sizeof modules[0]); i++) {
         size_t n = strlen(modules[i].name);
-        if (strncmp(p, modules[i].name, n) || p[n] != '.') continue;
-        const char *q = p + n + 1;
-        if (strncmp(q, "lora_A", 6) && strncmp(q, "lora_B", 6)) return 0;
-        *is_b = q[5] == 'B';
-        q += 6;
-        if (*q == '.') { /* optional adapter name, then ".weight" */
-            const char *dot = strrchr(q, '.');
-            if (strcmp(dot, ".weight")) return 0;
-        } else {
-            return 0;
-        }
+        if (strncmp(p, modules[i].name, n) || strncmp(p + n, ".lora_", 6) || !p[n + 6]) continue;
         *layer  = l;
-        *target = modules[i].target;
-        return 1;
+        *module = i;
+        *letter = p[n + 6];
+        return p + n + 7;
     }
-    return 0;
+    return NULL;
+}
+
+/* Parses "[base_model.model.][transformer.]h.N.<module>.lora_(A|B)[.name].weight". */
+static int parse_key(const char *key, int32_t *layer, uint32_t *target, int *is_b) {
+    int         module;
+    char        c;
+    const char *q = peft_key_lora(key, layer, &module, &c);
+    /* an optional adapter name, then ".weight" */
+    if (!q || (c != 'A' && c != 'B') || *q != '.' || strcmp(strrchr(q, '.'), ".weight")) return 0;
+    *is_b   = c == 'B';
+    *target = modules[module].target;
+    return 1;
 }
 
 /* Does PEFT's pattern key match module name "h.N.attn.c_attn" (suffix match on dots)? */
