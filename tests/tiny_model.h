@@ -121,4 +121,28 @@ static inline int tiny_write(const char *dir, const lora_config *c, const tiny_o
     return rc;
 }
 
+/* Fills every trainable tensor of m with normal values of std amp (so LoRA's B is non-zero);
+ * AdaLoRA's singular values E get 0.5 + normal / 2 instead, keeping them away from zero. */
+static inline void tiny_fill_trainable(lora_model *m, uint64_t seed, float amp) {
+    for (int32_t i = 0; i < lora_model_n_trainable(m); i++) {
+        lora_tensor_info t;
+        lora_model_trainable(m, i, &t);
+        uint64_t key = rng_key(seed, (uint64_t)i, 3);
+        int      e   = strstr(t.name, "lora_E") != NULL;
+        for (int64_t j = 0; j < t.numel; j++)
+            t.data[j] = e ? 0.5f + 0.5f * rng_normal(key, (uint64_t)j)
+                          : amp * rng_normal(key, (uint64_t)j);
+    }
+}
+
+#ifdef LORA_TEST_HELPER_H
+/* lora_model_load, a test failure (and NULL) when it fails. */
+static inline lora_model *tiny_load(const char *dir) {
+    lora_model *m = NULL;
+    lora_error  err;
+    test_condf(lora_model_load(dir, &m, &err) == LORA_OK, "load %s: %s", dir, err.msg);
+    return m;
+}
+#endif
+
 #endif

@@ -23,18 +23,6 @@ static int fail(const char *what, const lora_error *err) {
     return 1;
 }
 
-static void fill_random(lora_model *m, uint64_t seed) {
-    for (int32_t i = 0; i < lora_model_n_trainable(m); i++) {
-        lora_tensor_info t;
-        lora_model_trainable(m, i, &t);
-        uint64_t key = rng_key(seed, (uint64_t)i, 3);
-        int      e   = strstr(t.name, "lora_E") != NULL;
-        for (int64_t j = 0; j < t.numel; j++)
-            t.data[j] = e ? 0.5f + 0.5f * rng_normal(key, (uint64_t)j)
-                          : 0.1f * rng_normal(key, (uint64_t)j);
-    }
-}
-
 static int make_adapter(const char *base, const char *out, const char *kind, uint64_t seed) {
     lora_model         *m = NULL;
     lora_error          err;
@@ -59,7 +47,7 @@ static int make_adapter(const char *base, const char *out, const char *kind, uin
         lora_model_free(m);
         return fail(base, &err);
     }
-    fill_random(m, seed);
+    tiny_fill_trainable(m, seed, 0.1f);
     if (p.method == LORA_METHOD_ADALORA) { /* prune every third triplet, frozen */
         adalora_status as;
         uint8_t        mask[4096];

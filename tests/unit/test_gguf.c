@@ -550,13 +550,6 @@ static float *logits_of(lora_model *m) {
     return l;
 }
 
-static lora_model *load(const char *path) {
-    lora_model *m = NULL;
-    lora_error  err;
-    test_condf(lora_model_load(path, &m, &err) == LORA_OK, "load %s: %s", path, err.msg);
-    return m;
-}
-
 /* Copies src to dst, pairs and tensors, with one change. */
 typedef enum { RW_UNTIE, RW_ARCH, RW_I32_KEY, RW_NO_KEY, RW_NO_TENSOR, RW_SHAPE, RW_TYPE } rw_mode;
 
@@ -634,13 +627,13 @@ static void test_model_round_trip(void) {
     tiny_write(dir16, &c, &o, 5);
     write_tokenizer(dir16);
 
-    lora_model *m0 = load(dir);
+    lora_model *m0 = tiny_load(dir);
     if (!m0) return;
     float *l0 = logits_of(m0);
     tpath(gg, "tiny.gguf");
     test_condf(lora_model_save_gguf(m0, gg, LORA_DTYPE_F32, NULL, &err) == LORA_OK, "export: %s",
                err.msg);
-    lora_model *m1 = load(gg);
+    lora_model *m1 = tiny_load(gg);
     if (m1) {
         test_cond("config from the GGUF keys", same_config(&m0->cfg, &m1->cfg));
         float *l1 = logits_of(m1);
@@ -712,7 +705,7 @@ static void test_model_round_trip(void) {
     /* untied: an output.weight becomes the head */
     tpath(path, "untied.gguf");
     rewrite(gg, path, RW_UNTIE);
-    lora_model *mu = load(path);
+    lora_model *mu = tiny_load(path);
     if (mu) {
         float *lu = logits_of(mu);
         test_cond("untied", mu->cfg.tie_word_embeddings == 0 && mu->lm_head != mu->wte);
@@ -723,13 +716,13 @@ static void test_model_round_trip(void) {
     }
 
     /* F16: the F16 checkpoint's values survive exactly */
-    lora_model *m16 = load(dir16);
+    lora_model *m16 = tiny_load(dir16);
     tpath(gg16, "tiny16.gguf");
     if (m16) {
         float *la = logits_of(m16);
         test_condf(lora_model_save_gguf(m16, gg16, LORA_DTYPE_F16, NULL, &err) == LORA_OK,
                    "export f16: %s", err.msg);
-        lora_model *m2 = load(gg16);
+        lora_model *m2 = tiny_load(gg16);
         if (m2) {
             float *lb = logits_of(m2);
             test_cond("F16 GGUF: bit-identical logits",
@@ -750,7 +743,7 @@ static void test_model_round_trip(void) {
     tpath(ggb, "tinybf16.gguf");
     test_condf(lora_model_save_gguf(m0, ggb, LORA_DTYPE_BF16, NULL, &err) == LORA_OK,
                "export bf16: %s", err.msg);
-    lora_model *mb = load(ggb);
+    lora_model *mb = tiny_load(ggb);
     if (mb) {
         float *lb = logits_of(mb);
         double d  = l0 && lb ? test_max_abs_diff(l0, lb, (size_t)B * T * c.vocab_size) : 1e9;
@@ -854,7 +847,7 @@ static void check_adapter(const char *label, const lora_adapter_params *p, float
     tpath(dir, "tiny");
     tpath(gg, "tiny.gguf");
     snprintf(ad, sizeof ad, "%s/adapter_%s.gguf", root, label);
-    if (!(m = load(dir))) return;
+    if (!(m = tiny_load(dir))) return;
     test_condf(lora_model_attach(m, p, &err) == LORA_OK, "%s attach: %s", label, err.msg);
     for (int32_t i = 0; i < lora_model_n_trainable(m); i++) {
         lora_tensor_info t;
@@ -906,7 +899,7 @@ static void check_adapter(const char *label, const lora_adapter_params *p, float
                 t.data[j] *= user_scale;
     }
     float      *ours = logits_of(m);
-    lora_model *g    = load(gg);
+    lora_model *g    = tiny_load(gg);
     if (g && ours) {
         merge_llama_rule(g, ad, user_scale);
         float *theirs = logits_of(g);
@@ -944,7 +937,7 @@ static void test_adapters(void) {
     char        dir[4096], ad[4096];
     tpath(dir, "tiny");
     tpath(ad, "none.gguf");
-    if ((m = load(dir)) != NULL) {
+    if ((m = tiny_load(dir)) != NULL) {
         test_cond("no adapter: LORA_ERR_STATE",
                   lora_adapter_save_gguf(m, ad, LORA_DTYPE_F32, &err) == LORA_ERR_STATE);
         lora_model_free(m);
