@@ -38,30 +38,10 @@ static void dpath(char *out, size_t n, const char *name) {
     snprintf(out, n, "%s/%s", root, name);
 }
 
-static lora_model *load(const char *dir) {
-    lora_model *m = NULL;
-    lora_error  err;
-    test_condf(lora_model_load(dir, &m, &err) == LORA_OK, "load %s: %s", dir, err.msg);
-    return m;
-}
-
-/* Fills every trainable tensor of m: normal values of std amp (E: 0.5 + normal / 2). */
-static void fill_random(lora_model *m, uint64_t seed, float amp) {
-    for (int32_t i = 0; i < lora_model_n_trainable(m); i++) {
-        lora_tensor_info t;
-        lora_model_trainable(m, i, &t);
-        uint64_t key = rng_key(seed, (uint64_t)i, 3);
-        int      e   = strstr(t.name, "lora_E") != NULL;
-        for (int64_t j = 0; j < t.numel; j++)
-            t.data[j] = e ? 0.5f + 0.5f * rng_normal(key, (uint64_t)j)
-                          : amp * rng_normal(key, (uint64_t)j);
-    }
-}
-
 /* A LoRA adapter of base `base` with random A and B, saved to DIR. */
 static void make_lora(const char *base, const char *dir, uint32_t targets_bits, int32_t r,
                       float alpha, int rslora, uint64_t seed) {
-    lora_model         *m = load(base);
+    lora_model         *m = tiny_load(base);
     lora_adapter_params p = lora_adapter_params_default();
     lora_error          err;
     p.targets    = targets_bits;
@@ -70,7 +50,7 @@ static void make_lora(const char *base, const char *dir, uint32_t targets_bits, 
     p.use_rslora = rslora;
     p.dropout    = 0.0f;
     test_condf(m && lora_model_attach(m, &p, &err) == LORA_OK, "attach: %s", err.msg);
-    fill_random(m, seed, 0.1f);
+    tiny_fill_trainable(m, seed, 0.1f);
     test_condf(lora_adapter_save(m, dir, "tiny", &err) == LORA_OK, "save %s: %s", dir, err.msg);
     lora_model_free(m);
 }
@@ -78,7 +58,7 @@ static void make_lora(const char *base, const char *dir, uint32_t targets_bits, 
 /* An AdaLoRA adapter (q, v, c_fc; r 4) with random P, Λ, Q and a frozen rank pattern that
  * prunes every third triplet, saved to DIR. */
 static void make_adalora(const char *base, const char *dir, uint64_t seed) {
-    lora_model         *m = load(base);
+    lora_model         *m = tiny_load(base);
     lora_adapter_params p = lora_adapter_params_default();
     lora_error          err;
     p.method             = LORA_METHOD_ADALORA;
@@ -89,7 +69,7 @@ static void make_adalora(const char *base, const char *dir, uint64_t seed) {
     p.adalora.target_r   = 2;
     p.adalora.total_step = 10;
     test_condf(m && lora_model_attach(m, &p, &err) == LORA_OK, "attach AdaLoRA: %s", err.msg);
-    fill_random(m, seed, 0.1f);
+    tiny_fill_trainable(m, seed, 0.1f);
     adalora_status as;
     adalora_get_status(m, &as);
     uint8_t mask[256];
@@ -175,7 +155,7 @@ static void test_variant(const variant *v, const float *fresh) {
     float       *merged   = malloc(n * sizeof(float)), *again = malloc(n * sizeof(float));
     const float *orig[64] = {0};
     lora_error   err;
-    lora_model  *m = load(base_dir);
+    lora_model  *m = tiny_load(base_dir);
     if (!m) goto done;
     save_ptrs(m, orig);
     logits_of(m, base);
@@ -223,7 +203,7 @@ static void test_variant(const variant *v, const float *fresh) {
 
     /* the same directory as the training method */
     if (v->same_as_method) {
-        m = load(base_dir);
+        m = tiny_load(base_dir);
         test_condf(m && lora_adapter_load(m, v->dirs[0], &err) == LORA_OK, "%s: load: %s",
                    v->what, err.msg);
         logits_of(m, again);
@@ -256,7 +236,7 @@ static void test_switch(const char *dir_a, const char *dir_b, const float *fresh
     float       *cur = malloc(n * sizeof(float));
     const float *orig[64];
     lora_error   err;
-    lora_model  *m = load(base_dir);
+    lora_model  *m = tiny_load(base_dir);
     save_ptrs(m, orig);
     test_condf(lora_adapter_add(m, dir_a, "live", 1.0f, &err) == LORA_OK, "add: %s", err.msg);
     test_condf(lora_model_merge(m, &err) == LORA_OK, "merge: %s", err.msg);
@@ -282,7 +262,7 @@ static void test_switch(const char *dir_a, const char *dir_b, const float *fresh
     test_condf(base_intact(m, orig), "base not bit-identical after 100 switches");
     lora_model_free(m);
 
-    m = load(base_dir);
+    m = tiny_load(base_dir);
     lora_adapter_add(m, dir_a, "one", 1.0f, NULL);
     lora_model_merge(m, NULL);
     logits_of(m, single);
@@ -292,7 +272,7 @@ static void test_switch(const char *dir_a, const char *dir_b, const float *fresh
     lora_model_free(m);
 
     /* unmerged switching with a live decoder: the new adapter's buffers are reserved */
-    m = load(base_dir);
+    m = tiny_load(base_dir);
     lora_decoder *dec = NULL;
     lora_adapter_add(m, dir_a, "live", 1.0f, NULL);
     test_condf(lora_decoder_init(m, 1, 0, &dec, &err) == LORA_OK, "decoder: %s", err.msg);
@@ -338,7 +318,7 @@ static void test_outputs(const char *dir_a, const char *dir_b) {
     size_t      n = n_logits();
     float      *unmerged = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
     lora_error  err;
-    lora_model *m = load(base_dir);
+    lora_model *m = tiny_load(base_dir);
     int32_t     V = m->cfg.vocab_size;
     lora_adapter_add(m, dir_a, "a", 0.7f, NULL);
     lora_adapter_add(m, dir_b, "b", 0.3f, NULL);
@@ -373,7 +353,7 @@ static void test_outputs(const char *dir_a, const char *dir_b) {
         lora_path_join(path, sizeof path, out, tok_files[i], NULL);
         test_condf(same_file(src, path), "%s not copied", tok_files[i]);
     }
-    lora_model *mm = load(out);
+    lora_model *mm = tiny_load(out);
     if (mm) {
         logits_of(mm, got);
         double d = test_max_abs_diff(got, unmerged, n);
@@ -387,7 +367,7 @@ static void test_outputs(const char *dir_a, const char *dir_b) {
                "saving over a non-empty directory: %s", err.msg);
     test_condf(lora_model_save_hf_atomic(m, out16, LORA_DTYPE_F16, &err) == LORA_OK,
                "save f16: %s", err.msg);
-    if ((mm = load(out16)) != NULL) {
+    if ((mm = tiny_load(out16)) != NULL) {
         int all16 = lora_model_n_file_tensors(mm) > 0;
         for (int32_t i = 0; i < lora_model_n_file_tensors(mm); i++) {
             lora_file_tensor t;
@@ -405,7 +385,7 @@ static void test_outputs(const char *dir_a, const char *dir_b) {
     /* GGUF of the merged model */
     test_condf(lora_model_save_gguf(m, gguf, LORA_DTYPE_F32, base_dir, &err) == LORA_OK,
                "gguf: %s", err.msg);
-    if ((mm = load(gguf)) != NULL) {
+    if ((mm = tiny_load(gguf)) != NULL) {
         logits_of(mm, got);
         double d = test_max_abs_diff(got, unmerged, n);
         printf("  GGUF of the merged model vs base + adapters: max-abs %.3e\n", d);
@@ -423,13 +403,13 @@ static void test_coexist(const char *dir_qv, const char *dir_all) {
     size_t      n = n_logits();
     float      *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
     lora_error  err;
-    lora_model *m = load(base_dir);
+    lora_model *m = tiny_load(base_dir);
     /* method first, then an inference adapter */
     test_condf(lora_adapter_load(m, dir_qv, &err) == LORA_OK, "method: %s", err.msg);
     test_condf(lora_adapter_add(m, dir_all, "frozen", 1.0f, &err) == LORA_OK, "add: %s",
                err.msg);
     logits_of(m, a);
-    lora_model *m2 = load(base_dir);
+    lora_model *m2 = tiny_load(base_dir);
     lora_adapter_add(m2, dir_qv, "x", 1.0f, NULL);
     lora_adapter_add(m2, dir_all, "y", 1.0f, NULL);
     logits_of(m2, b);
@@ -440,13 +420,13 @@ static void test_coexist(const char *dir_qv, const char *dir_all) {
     /* gradients of the method's tensors == on a base with the frozen adapter merged in */
     char fused[3072];
     dpath(fused, sizeof fused, "base_plus_all");
-    lora_model *m3 = load(base_dir);
+    lora_model *m3 = tiny_load(base_dir);
     lora_adapter_add(m3, dir_all, "y", 1.0f, NULL);
     lora_model_merge(m3, NULL);
     test_condf(lora_model_save_hf_atomic(m3, fused, LORA_DTYPE_F32, &err) == LORA_OK,
                "save fused: %s", err.msg);
     lora_model_free(m3);
-    m3 = load(fused);
+    m3 = tiny_load(fused);
     test_condf(m3 && lora_adapter_load(m3, dir_qv, &err) == LORA_OK, "method on fused: %s",
                err.msg);
     float      loss1 = 0, loss2 = 0;
@@ -512,7 +492,7 @@ static void test_coexist(const char *dir_qv, const char *dir_all) {
     lora_model_free(m);
 
     /* attaching a method while merged */
-    m = load(base_dir);
+    m = tiny_load(base_dir);
     lora_adapter_add(m, dir_all, "y", 1.0f, NULL);
     lora_model_merge(m, NULL);
     lora_adapter_params p = lora_adapter_params_default();
@@ -530,7 +510,7 @@ static void test_errors(const char *dir_qv, const float *fresh) {
     size_t      n = n_logits();
     float      *got = malloc(n * sizeof(float)), *before = malloc(n * sizeof(float));
     lora_error  err;
-    lora_model *m = load(base_dir);
+    lora_model *m = tiny_load(base_dir);
     char        other_base[3072], other[3072], bad[3072], path[4096];
 
     /* an adapter for another base model (n_embd 48) */
@@ -612,12 +592,12 @@ static void test_errors(const char *dir_qv, const float *fresh) {
     lora_model_free(m);
 
     /* the same directory under two names is two adapters: scale 0.5 twice == scale 1 */
-    m = load(base_dir);
+    m = tiny_load(base_dir);
     lora_adapter_add(m, dir_qv, "h1", 0.5f, NULL);
     lora_adapter_add(m, dir_qv, "h2", 0.5f, NULL);
     logits_of(m, got);
     lora_model_free(m);
-    m = load(base_dir);
+    m = tiny_load(base_dir);
     lora_adapter_add(m, dir_qv, "w", 1.0f, NULL);
     logits_of(m, before);
     double d = test_max_abs_diff(got, before, n);
@@ -704,7 +684,7 @@ int main(void) {
 
     size_t      n     = n_logits();
     float      *fresh = malloc(n * sizeof(float));
-    lora_model *m     = load(base_dir);
+    lora_model *m     = tiny_load(base_dir);
     logits_of(m, fresh);
     lora_model_free(m);
 
