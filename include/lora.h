@@ -620,6 +620,29 @@ lora_status lora_decoder_init(lora_model *m, int32_t n_seq, int32_t max_len, lor
 void        lora_decoder_free(lora_decoder *d);
 
 /*
+ * Transposed weights: with on != 0 the decoder keeps a second copy of every linear's weight
+ * (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj of every layer) transposed to (out, in), and
+ * forwards of up to 8 rows (a decoded token; a step of up to 8 sequences or beams) take their
+ * base products from it: one dot product per output instead of sums of weight rows. Forwards
+ * of more rows (a prompt's prefill) are unchanged. Biases and adapters are applied as without;
+ * logits equal the normal path's to float rounding (the sums run in another order), so greedy
+ * tokens agree except at near ties. Memory: the copy costs as much as the linears' F32 weights
+ * again (about 340 MB for GPT-2 small), allocated and filled (transposed) here.
+ * When it helps: decoding bound by memory bandwidth, with that memory to spare. On GPT-2 small
+ * with 2 threads on a 2-core AMD EPYC VM, single-token decoding ran 3-7 % faster and steps of
+ * 4 sequences (lora_decoder_step_all, beam search) about 1.5x (sgemm packs the weight for a few
+ * rows); on an Intel Xeon host single tokens ran 14 % slower, steps of 4 rows still 1.5x
+ * faster. Measure on the target machine (bench/generate.sh --transposed).
+ * The copy follows the model's weights: after lora_model_merge, lora_model_unmerge or
+ * lora_adapter_switch the next feed or step first transposes the weights that changed (a
+ * one-off cost of about a read and a write of them, allocating nothing). A site whose base
+ * weight is trainable (full fine-tuning) is not copied and keeps the normal product.
+ * on = 0 frees the copy. LORA_ERR_NOMEM, with the decoder left as it was (without the copy),
+ * when it cannot be allocated; LORA_ERR_ARG for a NULL decoder.
+ */
+lora_status lora_decoder_set_transposed(lora_decoder *d, int on, lora_error *err);
+
+/*
  * Appends tokens[0..n) to sequence seq in one forward pass over only those tokens (a prefill
  * when n > 1), at positions continuing from the sequence's length, and keeps the logits of the
  * last one (see lora_decoder_logits). LORA_ERR_ARG for seq outside [0, n_seq), n < 1 or an id

@@ -514,6 +514,88 @@ void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const
     PARALLEL_FOR((long)N * OC, blk, nblk, bias_grad_block(db, dout, N, OC, blk));
 }
 
+/* ---- matmul with a transposed weight ---- */
+
+/*
+ * A few rows (a decoded token, a step of a few sequences or beams) times a weight: each
+ * element of the weight is used once per row, so the product costs one read of the weight from
+ * memory, as gemv_dot does for one row. sgemm would pack the weight first (for 2 to 8 rows it
+ * streams at half gemv_dot's speed). Here the weight is stored transposed (OC, C): a thread
+ * takes blocks of DOT_ROWS rows of it, each a contiguous span, and computes every input row's
+ * dot product with one weight row while that row is in L1, four input rows per pass.
+ */
+
+/* out[r, i] = dot(wt[i, :], inp[r, :]) + bias[i] for rows r < N and i in [i0, i1). */
+static void dot_rows_block(float *out, const float *inp, const float *wt, const float *bias,
+                           int N, int C, int OC, long i0, long i1) {
+    for (long i = i0; i < i1; i++) {
+        const float *restrict w = wt + (size_t)i * C;
+        float                 b = bias ? bias[i] : 0.0f;
+        int                   r = 0;
+        for (; r + 4 <= N; r += 4) {
+            const float *restrict x0 = inp + (size_t)r * C, *restrict x1 = x0 + C;
+            const float *restrict x2 = x1 + C, *restrict x3 = x2 + C;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int k = 0; k < C; k++) {
+                s0 += w[k] * x0[k];
+                s1 += w[k] * x1[k];
+                s2 += w[k] * x2[k];
+                s3 += w[k] * x3[k];
+            }
+            out[(size_t)r * OC + i]       = s0 + b;
+            out[(size_t)(r + 1) * OC + i] = s1 + b;
+            out[(size_t)(r + 2) * OC + i] = s2 + b;
+            out[(size_t)(r + 3) * OC + i] = s3 + b;
+        }
+        for (; r < N; r++) {
+            const float *restrict x = inp + (size_t)r * C;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int k = 0; k < C; k++) s += w[k] * x[k];
+            out[(size_t)r * OC + i] = s + b;
+        }
+    }
+}
+
+void matmul_forward_t(float *out, const float *inp, const float *wt, const float *bias, int N,
+                      int C, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    if (N <= MATMUL_T_ROWS) {
+        long nblk = (OC + DOT_ROWS - 1) / DOT_ROWS;
+        PARALLEL_FOR((long)N * OC * C, b, nblk,
+                     dot_rows_block(out, inp, wt, bias, N, C, OC, b * DOT_ROWS,
+                                    (b + 1) * DOT_ROWS < OC ? (b + 1) * DOT_ROWS : OC));
+        return;
+    }
+    gemm(0, 1, N, OC, C, 1.0f, inp, C, wt, C, 0.0f, out, OC);
+    if (!bias) return;
+    PARALLEL_FOR((long)N * OC, i, N, add_row(out + (size_t)i * OC, bias, OC));
+}
+
+/* Columns (and rows) of one tile of transpose: 32 x 32 floats, 4 KiB each side. */
+#define TRANSPOSE_TILE 32L
+
+/* out rows [j0, j1) (columns of inp) = inp's columns, tile by tile down the rows of inp. */
+static void transpose_cols(float *out, const float *inp, int rows, int cols, long j0, long j1) {
+    for (long i0 = 0; i0 < rows; i0 += TRANSPOSE_TILE) {
+        long i1 = i0 + TRANSPOSE_TILE < rows ? i0 + TRANSPOSE_TILE : rows;
+        for (long j = j0; j < j1; j++) {
+            float *restrict       o = out + (size_t)j * rows;
+            const float *restrict x = inp + j;
+            for (long i = i0; i < i1; i++) o[i] = x[(size_t)i * cols];
+        }
+    }
+}
+
+void matrix_transpose(float *out, const float *inp, int rows, int cols) {
+    long nblk = (cols + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE;
+    PARALLEL_FOR((long)rows * cols, b, nblk,
+                 transpose_cols(out, inp, rows, cols, b * TRANSPOSE_TILE,
+                                (b + 1) * TRANSPOSE_TILE < cols ? (b + 1) * TRANSPOSE_TILE
+                                                                : cols));
+}
+
 /* ---- activations ---- */
 
 #define GELU_K 0.7978845608f /* sqrt(2 / pi) */

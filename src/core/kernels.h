@@ -61,6 +61,25 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *w, int N, int C, int OC);
 
+/* ---- matmul with a transposed weight (decoding a few rows) ---- */
+
+/* Rows up to which matmul_forward_t runs its own dot-product kernel instead of sgemm. */
+#define MATMUL_T_ROWS 8
+
+/*
+ * out (N,OC) = inp (N,C) · wtᵀ + bias (OC, may be NULL), with wt (OC,C) = wᵀ, the Conv1D
+ * weight stored transposed. For N <= MATMUL_T_ROWS each output element is a dot product over
+ * one row of wt, read from memory once for all N rows (threads own contiguous blocks of rows
+ * of wt, as gemm's one-row products with the matrix stored (N, K)); above, cblas_sgemm. Equals
+ * matmul_forward(out, inp, w, bias, ...) to rounding (the sums run in another order); results
+ * do not depend on the thread count. Overwrites out.
+ */
+void matmul_forward_t(float *out, const float *inp, const float *wt, const float *bias, int N,
+                      int C, int OC);
+
+/* out (cols, rows) = inpᵀ for inp (rows, cols), both row-major. Exact. */
+void matrix_transpose(float *out, const float *inp, int rows, int cols);
+
 /* ---- activations ---- */
 
 /* GELU, tanh approximation (HF "gelu_new"): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
@@ -125,6 +144,9 @@ void matmul_forward_ref(float *out, const float *inp, const float *w, const floa
                         int C, int OC);
 void matmul_backward_ref(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                          const float *w, int N, int C, int OC);
+void matmul_forward_t_ref(float *out, const float *inp, const float *wt, const float *bias,
+                          int N, int C, int OC);
+void matrix_transpose_ref(float *out, const float *inp, int rows, int cols);
 void gelu_forward_ref(float *out, const float *inp, size_t n);
 void gelu_backward_ref(float *dinp, const float *inp, const float *dout, size_t n);
 void gelu_erf_forward_ref(float *out, const float *inp, size_t n);

@@ -63,6 +63,10 @@ struct lora_model {
     struct named_set   *named;        /* inference adapters by name (adapters.c), or NULL */
     int                 merged;       /* 1: the sites' adapters are folded into w (merge.c) */
     uint32_t            adapters_gen; /* bumped whenever adapters are attached or removed */
+    /* bumped whenever a site's w may change pointer or contents without a training step:
+     * merge, unmerge (switch does both), attaching a method (full fine-tuning rebinds w).
+     * Copies of w (the decoder's transposed weights) compare it before every use. */
+    uint32_t            weights_gen;
 
     /* activations, planned for B_max x T_max */
     int32_t          B_max, T_max;

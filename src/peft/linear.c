@@ -8,15 +8,28 @@
 
 #include <stdlib.h>
 
-void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx) {
-    PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
-            matmul_forward(out, inp, site->w, site->b, N, site->in, site->out));
-    if (site->w_merged) return; /* the adapters are folded into w */
+/* out += every adapter's term, unless they are folded into w (merged) */
+static void adapters_forward(linear *site, float *out, const float *inp, int N,
+                             const peft_ctx *ctx) {
+    if (site->w_merged) return;
     for (int32_t i = 0; i < site->n_adapters; i++) {
         adapter *a = &site->adapters[i];
         PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_ADAPTER,
                 a->ops->forward(a, site, out, inp, N, ctx));
     }
+}
+
+void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx) {
+    PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
+            matmul_forward(out, inp, site->w, site->b, N, site->in, site->out));
+    adapters_forward(site, out, inp, N, ctx);
+}
+
+void linear_forward_wt(linear *site, const float *wt, float *out, const float *inp, int N,
+                       const peft_ctx *ctx) {
+    PROF_OP(ctx->prof, ctx->prof_phase, LORA_PROF_MATMUL,
+            matmul_forward_t(out, inp, wt, site->b, N, site->in, site->out));
+    adapters_forward(site, out, inp, N, ctx);
 }
 
 /* linear_backward, with dinp = (overwrite) or += dout · W0ᵀ */

@@ -85,6 +85,11 @@ struct linear {
 /* out (N, site->out) = inp (N, site->in) · W0 + b + adapters (W0 + ΔW and no adapters while
  * merged). Overwrites out. */
 void linear_forward(linear *site, float *out, const float *inp, int N, const peft_ctx *ctx);
+/* linear_forward with the base product taken from wt (out, in) = wᵀ, a transposed copy of the
+ * site's current w that the caller keeps current (decode.c): the same bias and adapters (none
+ * while merged), the product summed in another order (equal to rounding). */
+void linear_forward_wt(linear *site, const float *wt, float *out, const float *inp, int N,
+                       const peft_ctx *ctx);
 /* dinp (N, in) += dout · W0ᵀ + adapters' dX (dinp may be NULL); trainable grads accumulate. */
 void linear_backward(linear *site, float *dinp, const float *dout, const float *inp, int N,
                      const peft_ctx *ctx);

@@ -40,6 +40,7 @@ void merge_undo(lora_model *m) {
             site->w0       = NULL;
         }
     m->merged = 0;
+    m->weights_gen++;
 }
 
 lora_status lora_model_merge(lora_model *m, lora_error *err) {
@@ -74,6 +75,7 @@ lora_status lora_model_merge(lora_model *m, lora_error *err) {
             site->w        = w;
         }
     m->merged       = 1;
+    m->weights_gen++;
     m->have_targets = 0; /* the last forward's activations are not the merged model's */
     return LORA_OK;
 }

@@ -112,6 +112,7 @@ lora_status peft_attach(lora_model *m, const lora_adapter_params *p,
     }
     lora_status st;
     m->adapters_gen++;
+    m->weights_gen++; /* full fine-tuning and BitFit rebind the sites' w and b */
     if ((st = pm->plan(m, p, specs, n_specs, err)) != LORA_OK) goto fail;
     if ((st = tparams_alloc(&m->tp, err)) != LORA_OK) goto fail;
     if (pm->init && (st = pm->init(m, p, err)) != LORA_OK) goto fail;

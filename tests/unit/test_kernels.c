@@ -382,6 +382,55 @@ static void test_matmul(int N, int C, int OC, int do_fd) {
     free(db), free(dinp_r), free(dw_r), free(db_r), free(dinp2), free(dw2), free(db2);
 }
 
+/* ---- matmul with a transposed weight, and the transpose ---- */
+
+/*
+ * matmul_forward_t against its reference and against matmul_forward on the untransposed
+ * weight (with and without bias), and the same bits with 1, 2 and 5 threads.
+ */
+static void test_matmul_t(int N, int C, int OC) {
+    size_t ni = (size_t)N * C, no = (size_t)N * OC, nw = (size_t)C * OC;
+    float *inp = fmake(ni, 1), *w = fmake(nw, 1), *wt = fmake(nw, 1), *bias = fmake(OC, 1);
+    float *out = fmake(no, 1), *out_r = fmake(no, 1), *out_w = fmake(no, 1);
+    matrix_transpose_ref(wt, w, C, OC);
+    char what[96];
+    for (int b = 0; b < 2; b++) {
+        const float *bb = b ? bias : NULL;
+        snprintf(what, sizeof what, "matmul_forward_t N=%d C=%d OC=%d bias=%d", N, C, OC, b);
+        matmul_forward_t(out, inp, wt, bb, N, C, OC);
+        matmul_forward_t_ref(out_r, inp, wt, bb, N, C, OC);
+        check_close(what, "vs ref", out, out_r, no, TOL_FAST);
+        matmul_forward(out_w, inp, w, bb, N, C, OC);
+        check_close(what, "vs matmul_forward", out, out_w, no, TOL_FAST);
+    }
+    float *o1 = fmake(no, 1), *o2 = fmake(no, 1), *o5 = fmake(no, 1);
+    int    nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    matmul_forward_t(o1, inp, wt, bias, N, C, OC);
+    omp_set_num_threads(nt > 1 ? nt : 2);
+    matmul_forward_t(o2, inp, wt, bias, N, C, OC);
+    omp_set_num_threads(5);
+    matmul_forward_t(o5, inp, wt, bias, N, C, OC);
+    omp_set_num_threads(nt);
+    if (N <= MATMUL_T_ROWS) /* its own kernel; sgemm above may split sums per thread count */
+        test_condf(bits_equal(o1, o2, no) && bits_equal(o1, o5, no),
+                   "matmul_forward_t N=%d C=%d OC=%d deterministic across thread counts", N, C,
+                   OC);
+    free(inp), free(w), free(wt), free(bias), free(out), free(out_r), free(out_w);
+    free(o1), free(o2), free(o5);
+}
+
+static void test_transpose(int rows, int cols) {
+    size_t n = (size_t)rows * cols;
+    float *a = fmake(n, 1), *t = fmake(n, 1), *t_r = fmake(n, 1), *back = fmake(n, 1);
+    matrix_transpose(t, a, rows, cols);
+    matrix_transpose_ref(t_r, a, rows, cols);
+    test_condf(bits_equal(t, t_r, n), "matrix_transpose %d x %d == ref", rows, cols);
+    matrix_transpose(back, t, cols, rows);
+    test_condf(bits_equal(back, a, n), "matrix_transpose %d x %d twice == identity", rows, cols);
+    free(a), free(t), free(t_r), free(back);
+}
+
 /* ---- activations ---- */
 
 typedef void (*act_fwd)(float *, const float *, size_t);
@@ -654,6 +703,21 @@ int main(void) {
     test_matmul(37, 54, 162, 0);
     test_matmul(64, 768, 96, 0);
     test_matmul(64, 96, 768, 0);
+
+    /* decoding a few rows with transposed weights: 1 to 9 rows (4 per pass, a remainder, sgemm
+     * above MATMUL_T_ROWS), odd sizes, shapes large enough for threads */
+    for (int n = 1; n <= MATMUL_T_ROWS + 1; n++) test_matmul_t(n, 54, 162);
+    test_matmul_t(1, 771, 1003);
+    test_matmul_t(3, 771, 1003);
+    test_matmul_t(4, 768, 2304);
+    test_matmul_t(7, 3072, 768);
+    test_matmul_t(37, 96, 130);
+    test_transpose(1, 1);
+    test_transpose(1, 77);
+    test_transpose(77, 1);
+    test_transpose(33, 65);
+    test_transpose(768, 2304); /* above the size where it goes parallel */
+    test_transpose(3072, 771);
 
     test_activation("gelu", gelu_forward, gelu_forward_ref, gelu_backward, gelu_backward_ref,
                     1001);
