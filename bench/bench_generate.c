@@ -3,9 +3,12 @@
  * that bounds it. The lora.c side of bench/generate.sh, which runs it interleaved with
  * PyTorch (torch_generate.py) and llama.cpp (llama_generate.c) and prints the table.
  *
- *   bench_generate run MODEL_DIR [--adapter DIR --mode merged|unmerged] [options]
+ *   bench_generate run MODEL_DIR [--adapter DIR --mode merged|unmerged] [--transposed]
+ *                      [options]
  *       Loads the model (with the adapter added by lora_adapter_add, then merged by
- *       lora_model_merge for --mode merged), runs a short warm-up generation, then --reps
+ *       lora_model_merge for --mode merged), makes the decoder (with --transposed, with
+ *       lora_decoder_set_transposed: a transposed copy of the linears' weights, made before
+ *       any timing), runs a short warm-up generation, then --reps
  *       timed generations through the public decoder API: the prompt in one
  *       lora_decoder_feed (prefill), then --new single-token feeds, each of the argmax of the
  *       previous logits (decode). Prints one line per generation:
@@ -58,8 +61,8 @@ static void check(lora_status st, const lora_error *err) {
 static int usage(void) {
     fprintf(stderr,
             "usage: bench_generate run MODEL_DIR [--adapter DIR --mode merged|unmerged]\n"
-            "                          [--prompt N] [--new N] [--reps N] [--warmup N] "
-            "[--threads N]\n"
+            "                          [--transposed] [--prompt N] [--new N] [--reps N]\n"
+            "                          [--warmup N] [--threads N]\n"
             "       bench_generate adapter MODEL_DIR OUT_DIR [--r R] [--seed S]\n"
             "       bench_generate bytes MODEL_DIR\n"
             "       bench_generate triad [--mib N] [--reps N] [--threads N]\n");
@@ -106,10 +109,11 @@ static int cmd_run(int argc, char **argv) {
         {"adapter", required_argument, 0, 'a'}, {"mode", required_argument, 0, 'm'},
         {"prompt", required_argument, 0, 'p'},  {"new", required_argument, 0, 'n'},
         {"reps", required_argument, 0, 'r'},    {"warmup", required_argument, 0, 'w'},
-        {"threads", required_argument, 0, 't'}, {0, 0, 0, 0}};
+        {"threads", required_argument, 0, 't'}, {"transposed", no_argument, 0, 'T'},
+        {0, 0, 0, 0}};
     gen_opts    o       = {64, 128, 1, 8, 2};
     const char *adapter = NULL, *mode = "unmerged";
-    int         c;
+    int         c, transposed = 0;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
         case 'a': adapter = optarg; break;
@@ -119,6 +123,7 @@ static int cmd_run(int argc, char **argv) {
         case 'r': o.reps = pos_int(optarg, "--reps"); break;
         case 'w': o.warmup = pos_int(optarg, "--warmup"); break;
         case 't': o.threads = pos_int(optarg, "--threads"); break;
+        case 'T': transposed = 1; break;
         default: return usage();
         }
     }
@@ -151,6 +156,7 @@ static int cmd_run(int argc, char **argv) {
 
     lora_decoder *d = NULL;
     check(lora_decoder_init(m, 1, o.prompt + o.n_new, &d, &err), &err);
+    if (transposed) check(lora_decoder_set_transposed(d, 1, &err), &err);
     double tp, td;
     generate(d, prompt, o.prompt, o.warmup < o.n_new ? o.warmup : o.n_new, V, out, &tp, &td);
     for (int r = 0; r < o.reps; r++) {

@@ -1,14 +1,16 @@
 /*
  * bench_merge.c — what merging buys at inference, and what it costs to get there.
  *
- *   build/bench/bench_merge MODEL_DIR ADAPTER_DIR [ADAPTER2_DIR]
+ *   build/bench/bench_merge [--transposed] MODEL_DIR ADAPTER_DIR [ADAPTER2_DIR]
  *
  * Prints the model load time, the time to add the adapter, to merge and to unmerge (means of
  * 10), to switch adapters on a merged model (unmerge + remove + add + merge, mean of 100, between
  * ADAPTER_DIR and ADAPTER2_DIR, or ADAPTER_DIR and itself), and greedy generation with the KV
  * cache (batch 1, 64-token prompt, 128 new tokens; decode tokens/s, the prompt untimed) on the
  * base model, the merged model and the unmerged adapter, in interleaved repetitions within one
- * run, with the ratios to the base.
+ * run, with the ratios to the base. --transposed gives both decoders transposed weights
+ * (lora_decoder_set_transposed); the decoder of the adapted model then transposes the merged
+ * or unmerged sites again at the first (untimed) prompt after each merge and unmerge.
  * Not a test: it checks nothing but that every call succeeds.
  */
 #include "lora.h"
@@ -47,8 +49,11 @@ static double generate(lora_decoder *d, const int32_t *prompt, int32_t n_new, in
 }
 
 int main(int argc, char **argv) {
+    int transposed = argc > 1 && !strcmp(argv[1], "--transposed");
+    if (transposed) argv[1] = argv[0], argv++, argc--;
     if (argc < 3 || argc > 4) {
-        fprintf(stderr, "usage: %s MODEL_DIR ADAPTER_DIR [ADAPTER2_DIR]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--transposed] MODEL_DIR ADAPTER_DIR [ADAPTER2_DIR]\n",
+                argv[0]);
         return 2;
     }
     const char *model = argv[1], *ad1 = argv[2], *ad2 = argc > 3 ? argv[3] : argv[2];
@@ -105,10 +110,15 @@ int main(int argc, char **argv) {
     lora_decoder *db = NULL, *dm = NULL;
     check(lora_decoder_init(base, 1, PROMPT + n_new, &db, &err), &err);
     check(lora_decoder_init(m, 1, PROMPT + n_new, &dm, &err), &err);
+    if (transposed) {
+        check(lora_decoder_set_transposed(db, 1, &err), &err);
+        check(lora_decoder_set_transposed(dm, 1, &err), &err);
+    }
     generate(db, prompt, 8, c->vocab_size); /* warm-up */
     generate(dm, prompt, 8, c->vocab_size);
-    printf("greedy generation, batch 1, prompt %d, %d new tokens, KV cache (decode tokens/s):\n",
-           PROMPT, (int)n_new);
+    printf("greedy generation, batch 1, prompt %d, %d new tokens, KV cache%s "
+           "(decode tokens/s):\n",
+           PROMPT, (int)n_new, transposed ? ", transposed weights" : "");
     printf("  rep      base    merged  unmerged\n");
     double sum[3] = {0, 0, 0};
     for (int r = 0; r < REPS; r++) {

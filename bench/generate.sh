@@ -3,7 +3,7 @@
 # PyTorch 1.13 and llama.cpp, and against the machine's memory-bandwidth bound.
 #
 #   bench/generate.sh [--quick] [--rounds N] [--new N] [--prompt N] [--threads N]
-#                     [--build DIR] [--work DIR]
+#                     [--build DIR] [--work DIR] [--transposed]
 #
 # The workload: GPT-2 small (124M: 12 layers, 768 channels, 12 heads, vocabulary 50257, context
 # 1024; random F32 weights from `lora init`), batch 1, a 64-token prompt (ids 37 i + 11 mod V),
@@ -17,6 +17,11 @@
 #   lora.c base PASSIVE  base with OMP_WAIT_POLICY=PASSIVE, as PyTorch gets: on a machine
 #                    whose cores are busy with other work, threads that spin at OpenMP's
 #                    barriers (libgomp's default) lose time slices to each other
+#   lora.c base Wt, lora.c merged Wt, lora.c unmerged Wt  (only with --transposed)
+#                    base, merged and unmerged again with bench_generate's --transposed: the
+#                    decoder keeps a transposed copy of the linears' weights
+#                    (lora_decoder_set_transposed, one dot product per output); their "agree"
+#                    is against the same row without it
 #   PyTorch          /usr/bin/python3 bench/torch_generate.py MODEL (gpt2_ref's GPT-2 with a KV
 #                    cache, torch.set_num_threads, inference_mode), as installed and with
 #                    OMP_WAIT_POLICY=PASSIVE; the faster of the two is the PyTorch reference
@@ -52,7 +57,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 build="$root/build"
 work=""
-rounds="" n_new="" n_prompt=64 threads=2 triad_reps=10 quick=0
+rounds="" n_new="" n_prompt=64 threads=2 triad_reps=10 quick=0 transposed=0
 
 usage() { # usage [STATUS]: the synopsis; 0 for --help, 2 for a usage error
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
@@ -68,6 +73,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=${2:?}; shift ;;
     --build) build=${2:?}; shift ;;
     --work) work=${2:?}; shift ;;
+    --transposed) transposed=1 ;;
     -h | --help) usage 0 ;;
     *) echo "generate.sh: unknown option $1" >&2; usage ;;
     esac
@@ -172,6 +178,12 @@ impls="lorac_base|lora.c base|$bg run $model
 lorac_merged|lora.c merged|$bg run $model --adapter $adapter --mode merged
 lorac_unmerged|lora.c unmerged|$bg run $model --adapter $adapter --mode unmerged
 lorac_passive|lora.c base PASSIVE|env OMP_WAIT_POLICY=PASSIVE $bg run $model"
+if [ $transposed -eq 1 ]; then
+    impls="$impls
+lorac_base_t|lora.c base Wt|$bg run $model --transposed
+lorac_merged_t|lora.c merged Wt|$bg run $model --adapter $adapter --mode merged --transposed
+lorac_unmerged_t|lora.c unmerged Wt|$bg run $model --adapter $adapter --mode unmerged --transposed"
+fi
 if [ -z "$torch_skip" ]; then
     impls="$impls
 torch|PyTorch 1.13|$py $here/torch_generate.py $model
@@ -300,6 +312,8 @@ echo "$impls" | while IFS='|' read -r name label cmd; do
     ref=$base_tok
     [ "$name" = lorac_merged ] && ref=$(tokens "$res/lorac_unmerged.txt")
     [ "$name" = lorac_unmerged ] && ref=$(tokens "$res/lorac_merged.txt")
+    [ "$name" = lorac_merged_t ] && ref=$(tokens "$res/lorac_merged.txt")
+    [ "$name" = lorac_unmerged_t ] && ref=$(tokens "$res/lorac_unmerged.txt")
     ag=$(agree "$(tokens "$f")" "$ref")
     adj=$(adjratio "$f")
     awk -v l="$label" -v p="$pre" -v m="$med" -v lo="$lo" -v hi="$hi" -v bd="$bound" \
@@ -310,6 +324,7 @@ echo "$impls" | while IFS='|' read -r name label cmd; do
             ll == "-" ? "-" : sprintf("%.3f", m / ll),
             t == "-" ? "-" : sprintf("%.3f", m / t), ag }'
 done
+[ $transposed -eq 1 ] && echo "Wt: with the decoder's transposed weights (--transposed)"
 [ -n "$torch_skip" ] && echo "PyTorch: skipped ($torch_skip)"
 [ -n "$llama_skip" ] && echo "llama.cpp: skipped ($llama_skip)"
 echo "/bound: against the best triad of the run; /adj: median over the rounds of decode tokens/s"

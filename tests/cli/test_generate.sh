@@ -169,6 +169,23 @@ tf=$("$lora" generate --model "$m" --prompts-file "$work/prompts.txt" --top-k 20
      --max-new 30 2>/dev/null)
 [ "$(printf '%s\n' "$tf" | wc -l)" -eq 3 ] && ok || bad "sampled --prompts-file: not 3 lines"
 
+# --transposed-weights: the same greedy text (streamed), ids, beams and prompts-file lines
+g0=$("$lora" generate --model "$m" --prompt "Hello" --greedy --max-new 12 2>/dev/null)
+g1=$("$lora" generate --model "$m" --prompt "Hello" --greedy --max-new 12 --transposed-weights \
+     2>"$work/err")
+rc=$?
+[ $rc -eq 0 ] && [ -n "$g0" ] && [ "$g1" = "$g0" ] && ok \
+    || bad "--transposed-weights greedy text '$g1' != '$g0' (exit $rc: $(cat "$work/err"))"
+t1=$("$lora" generate --model "$m" --prompt "hello" --greedy --ids --max-new 8 \
+     --transposed-weights 2>/dev/null)
+[ "$t1" = "$a" ] && ok || bad "--transposed-weights greedy ids '$t1' != '$a'"
+t4=$("$lora" generate --model "$m" --prompt "hello" --beams 4 --ids --max-new 8 \
+     --transposed-weights 2>/dev/null)
+[ "$t4" = "$b4" ] && ok || bad "--transposed-weights --beams 4 '$t4' != '$b4'"
+tgf=$("$lora" generate --model "$m" --prompts-file "$work/prompts.txt" --greedy --ids \
+      --max-new 8 --transposed-weights 2>/dev/null)
+[ "$tgf" = "$gf" ] && ok || bad "--transposed-weights --prompts-file '$tgf' != '$gf'"
+
 # failures and usage
 # status ARGS...: the exit status of lora generate, its output discarded
 status() { "$lora" generate "$@" >/dev/null 2>&1; echo $?; }
@@ -198,6 +215,8 @@ grep -q "usage: lora generate" "$work/err" && ok || bad "unknown option: no usag
 [ "$(status --model "$m" --prompt a --early-stopping maybe)" -eq 2 ] && ok \
     || bad "--early-stopping maybe"
 [ "$(status --model "$m" --prompt a --batch 2)" -eq 2 ] && ok || bad "--batch without a file"
+[ "$(status --model "$m" --prompt a --transposed-weights=1)" -eq 2 ] && ok \
+    || bad "--transposed-weights takes no value"
 [ "$(status --model "$m" --prompt a --prompts-file "$work/prompts.txt")" -eq 2 ] && ok \
     || bad "--prompt with --prompts-file"
 [ "$(status --model "$m" --prompts-file "$work/nope" --greedy)" -eq 1 ] && ok \
@@ -207,6 +226,8 @@ err=$("$lora" generate --model "$m" --prompts-file "$work/long.txt" --greedy 2>&
 rc=$?
 [ $rc -eq 1 ] && echo "$err" | grep -q "long.txt:2" && ok || bad "long prompt in a file: $err"
 "$lora" generate --help | grep -q "usage: lora generate" && ok || bad "--help"
+"$lora" generate --help | grep -q -- "--transposed-weights" && ok \
+    || bad "--help lists --transposed-weights"
 "$lora" generate --help >/dev/null; [ $? -eq 0 ] && ok || bad "--help exit status"
 "$lora" --help | grep -q generate && ok || bad "lora --help lists generate"
 
