@@ -495,11 +495,18 @@ static void bias_grad_block(float *db, const float *dout, int N, int OC, long bl
     for (int j = 0; j < no; j++) db[o0 + j] += (float)acc[j];
 }
 
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C,
-                    int OC) {
-    gemm(0, 0, N, OC, C, 1.0f, inp, C, w, OC, 0.0f, out, OC);
+/* out (N,OC) = inp (N,C) · op(w) + bias (may be NULL) by sgemm: w is (C,OC), or (OC,C) with
+ * transW */
+static void gemm_bias(float *out, const float *inp, int transW, const float *w, const float *bias,
+                      int N, int C, int OC) {
+    gemm(0, transW, N, OC, C, 1.0f, inp, C, w, transW ? C : OC, 0.0f, out, OC);
     if (!bias) return;
     PARALLEL_FOR((long)N * OC, i, N, add_row(out + (size_t)i * OC, bias, OC));
+}
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C,
+                    int OC) {
+    gemm_bias(out, inp, 0, w, bias, N, C, OC);
 }
 
 void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
@@ -568,9 +575,7 @@ void matmul_forward_t(float *out, const float *inp, const float *wt, const float
                                     (b + 1) * DOT_ROWS < OC ? (b + 1) * DOT_ROWS : OC));
         return;
     }
-    gemm(0, 1, N, OC, C, 1.0f, inp, C, wt, C, 0.0f, out, OC);
-    if (!bias) return;
-    PARALLEL_FOR((long)N * OC, i, N, add_row(out + (size_t)i * OC, bias, OC));
+    gemm_bias(out, inp, 1, wt, bias, N, C, OC);
 }
 
 /* Columns (and rows) of one tile of transpose: 32 x 32 floats, 4 KiB each side. */

@@ -113,35 +113,34 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
 
 /* ---- matmul (Conv1D layout: w is (C, OC)) ---- */
 
-void matmul_forward_t_ref(float *out, const float *inp, const float *wt, const float *bias,
-                          int N, int C, int OC) {
+/* out (N,OC) = inp (N,C) · W + bias, element (c, o) of W at w[c · sc + o · so], in double */
+static void matmul_strided_ref(float *out, const float *inp, const float *w, size_t sc,
+                               size_t so, const float *bias, int N, int C, int OC) {
     for (int i = 0; i < N; i++) {
         for (int o = 0; o < OC; o++) {
             double acc = bias ? bias[o] : 0.0;
             for (int c = 0; c < C; c++) {
-                acc += (double)inp[(size_t)i * C + c] * wt[(size_t)o * C + c];
+                acc += (double)inp[(size_t)i * C + c] * w[(size_t)c * sc + (size_t)o * so];
             }
             out[(size_t)i * OC + o] = (float)acc;
         }
     }
+}
+
+void matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, int N,
+                        int C, int OC) {
+    matmul_strided_ref(out, inp, w, (size_t)OC, 1, bias, N, C, OC);
+}
+
+/* wt is (OC, C) = wᵀ */
+void matmul_forward_t_ref(float *out, const float *inp, const float *wt, const float *bias,
+                          int N, int C, int OC) {
+    matmul_strided_ref(out, inp, wt, 1, (size_t)C, bias, N, C, OC);
 }
 
 void matrix_transpose_ref(float *out, const float *inp, int rows, int cols) {
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) out[(size_t)j * rows + i] = inp[(size_t)i * cols + j];
-}
-
-void matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, int N,
-                        int C, int OC) {
-    for (int i = 0; i < N; i++) {
-        for (int o = 0; o < OC; o++) {
-            double acc = bias ? bias[o] : 0.0;
-            for (int c = 0; c < C; c++) {
-                acc += (double)inp[(size_t)i * C + c] * w[(size_t)c * OC + o];
-            }
-            out[(size_t)i * OC + o] = (float)acc;
-        }
-    }
 }
 
 void matmul_backward_ref(float *dinp, float *dw, float *db, const float *dout, const float *inp,
