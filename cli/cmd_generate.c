@@ -42,7 +42,7 @@ static void generate_usage(FILE *out) {
             "  --transposed-weights\n"
             "                      keep a transposed copy of every linear's weight for\n"
             "                      decoding steps (faster where memory bandwidth bounds\n"
-            "                      them, e.g. 3-7 %% per token on a 2-core AMD VM, 1.5x\n"
+            "                      them, e.g. 3-7 %% per token on a 2-core AMD VM, 1.6x\n"
             "                      for --beams 4; slower on some CPUs: measure); a second\n"
             "                      copy of the weights in memory, ~340 MB for GPT-2 small;\n"
             "                      same text to rounding\n"

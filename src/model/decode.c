@@ -424,7 +424,9 @@ static void head_rows(lora_decoder *d, float *out, int first, int n) {
     int                C = c->n_embd, V = c->vocab_size;
     layernorm_forward(d->ln, d->mean, d->rstd, d->x + (size_t)first * C, m->ln_f_w, m->ln_f_b, n,
                       C, c->layer_norm_epsilon);
-    gemm(0, 1, n, V, C, 1.0f, d->ln, C, m->lm_head, C, 0.0f, out, V);
+    /* the head is stored (V, C), the transposed layout: a few rows (beams, sequences of a
+     * step) take matmul_forward_t's dot products, which read it once instead of packing it */
+    matmul_forward_t(out, d->ln, m->lm_head, NULL, n, C, V);
 }
 
 /* The forward over R rows, then logits for rows [first, first + n_out) into out. */
