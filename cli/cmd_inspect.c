@@ -35,6 +35,8 @@ static void inspect_usage(FILE *out) {
             "                              (default q,v)\n"
             "  --batch B                   batch size (default 4)\n"
             "  --seq-len T                 sequence length (default min(128, n_positions))\n"
+            "  --checkpoint-activations    estimate with activations recomputed in backward (as\n"
+            "                              lora train --checkpoint-activations)\n"
             "  --no-tensors                omit the tensor table\n"
             "  --plot FILE.png             adapter directories: the rank heat map (gnuplot)\n"
             "  -h, --help                  this help\n");
@@ -252,10 +254,11 @@ int cmd_inspect(int argc, char **argv) {
         {"targets", required_argument, 0, 't'}, {"batch", required_argument, 0, 'b'},
         {"seq-len", required_argument, 0, 's'}, {"no-tensors", no_argument, 0, 'n'},
         {"plot", required_argument, 0, 'p'},    {"help", no_argument, 0, 'h'},
+        {"checkpoint-activations", no_argument, 0, 'k'},
         {0, 0, 0, 0}};
     lora_adapter_params p = lora_adapter_params_default();
     int32_t             B = 4, T = 0; /* T 0: min(128, n_positions) */
-    int                 tensors = 1, c, model_opts = 0;
+    int                 tensors = 1, c, model_opts = 0, checkpoint = 0;
     const char         *plot    = NULL;
     lora_error          err;
     optind = 1;
@@ -302,6 +305,7 @@ int cmd_inspect(int argc, char **argv) {
             }
             break;
         case 'n': tensors = 0, model_opts = 1; break;
+        case 'k': checkpoint = 1, model_opts = 1; break;
         case 'p': plot = optarg; break;
         case 'h': inspect_usage(stdout); return 0;
         default: inspect_usage(stderr); return 2;
@@ -315,7 +319,7 @@ int cmd_inspect(int argc, char **argv) {
     if (is_adapter_dir(dir)) {
         if (model_opts) {
             cli_error("inspect", "%s is an adapter directory: --method, --r, --targets, --batch, "
-                      "--seq-len and --no-tensors apply to models", dir);
+                      "--seq-len, --checkpoint-activations and --no-tensors apply to models", dir);
             return 2;
         }
         return inspect_adapter(dir, plot);
@@ -363,7 +367,7 @@ int cmd_inspect(int argc, char **argv) {
     }
     lora_memory_estimate est;
     if (T == 0) T = cfg->n_positions < 128 ? cfg->n_positions : 128;
-    if (lora_estimate_memory(cfg, &p, B, T, &est, &err) != LORA_OK) {
+    if (lora_estimate_memory(cfg, &p, B, T, checkpoint, &est, &err) != LORA_OK) {
         cli_error("inspect", "%s: %s", dir, err.msg);
         lora_model_free(m);
         return 1;
@@ -375,7 +379,7 @@ int cmd_inspect(int argc, char **argv) {
     printf("\ntraining memory estimate (method %s", mname);
     if (p.method == LORA_METHOD_LORA) printf(", r=%d", p.r);
     if (p.method == LORA_METHOD_ADALORA) printf(", init_r=%d", p.r);
-    printf(", B=%d, T=%d)\n", B, T);
+    printf(", B=%d, T=%d%s)\n", B, T, checkpoint ? ", activations checkpointed" : "");
     printf("  base weights       %9.1f MiB\n", mib(est.weights_bytes));
     printf("  trainable + AdamW  %9.1f MiB%s\n", mib(est.trainable_bytes),
            p.method == LORA_METHOD_ADALORA ? " (with the rank allocator's state)" : "");

@@ -204,6 +204,17 @@ lora_status lora_model_attach(lora_model *m, const lora_adapter_params *p, lora_
  */
 lora_status lora_model_reserve(lora_model *m, int32_t B, int32_t T, lora_error *err);
 
+/*
+ * Activation checkpointing (on = 1): forward keeps only every layer's output, and backward
+ * recomputes a layer's inside (its layernorms, q|k|v, attention probabilities, MLP hidden)
+ * just before it goes through it. Activations shrink from L layers' worth to one layer's plus
+ * L·B·T·C floats (the attention probabilities alone are L·B·n_head·T² floats without it); a
+ * training step costs about two thirds of a forward through the layers more. Gradients and
+ * losses are bit-identical to a step without it (same thread count). Re-plans the activations
+ * if they are already allocated. Off by default.
+ */
+lora_status lora_model_set_checkpointing(lora_model *m, int on, lora_error *err);
+
 /* ---- forward, loss, backward ---- */
 
 /* Training mode enables adapter dropout. label_smoothing as PyTorch's cross_entropy. */
@@ -295,10 +306,11 @@ typedef struct lora_memory_estimate {
     int64_t total_bytes;
 } lora_memory_estimate;
 
-/* Estimates training memory for a config, method and batch shape without loading weights.
+/* Estimates training memory for a config, method and batch shape without loading weights,
+ * with activation checkpointing when checkpoint is non-zero (lora_model_set_checkpointing).
  * Weights count 4 bytes each whatever the file's dtype (F16/BF16 are converted at load). */
-lora_status lora_estimate_memory(const lora_config *cfg, const lora_adapter_params *p,
-                                 int32_t B, int32_t T, lora_memory_estimate *out,
+lora_status lora_estimate_memory(const lora_config *cfg, const lora_adapter_params *p, int32_t B,
+                                 int32_t T, int checkpoint, lora_memory_estimate *out,
                                  lora_error *err);
 
 /* ---- training runs ---- */
@@ -330,6 +342,8 @@ typedef struct lora_train_params {
     uint64_t            seed;
     int64_t             stop_after;    /* > 0: checkpoint and stop after this step (not saved
                                           with the run's options: a run can go in slices) */
+    int32_t             checkpoint_activations; /* 1: lora_model_set_checkpointing (not saved
+                                          with the run's options: it changes no result) */
 } lora_train_params;
 
 /* Defaults: the LoRA paper's E2E recipe (AdamW lr 2e-4, weight decay 0.01, dropout 0.1, linear

@@ -284,22 +284,59 @@ static size_t layer_row_floats(size_t C, size_t F, unsigned keep) {
     return n;
 }
 
+/* The union of the layers' keep masks: what the one set of insides keeps under
+ * checkpointing. */
+static unsigned keep_union(const uint8_t *keep, int32_t n_layer) {
+    unsigned u = 0;
+    for (int32_t l = 0; l < n_layer; l++)
+        u |= keep ? keep[l] : KEEP_ALL;
+    return u;
+}
+
 /*
- * Floats of activations per (B, T) with per-layer keep masks (NULL: keep everything); the single
- * source for reserve and the memory estimate.
+ * Floats of activations per (B, T) with per-layer keep masks (NULL: keep everything), with or
+ * without checkpointing; the single source for reserve and the memory estimate.
  */
 static size_t act_floats_for(const lora_config *c, size_t B, size_t T, size_t peft_scratch,
-                             const uint8_t *keep) {
+                             const uint8_t *keep, int checkpoint) {
     size_t N = B * T, C = (size_t)c->n_embd, F = (size_t)c->n_inner, NH = (size_t)c->n_head;
     size_t V = (size_t)c->vocab_size;
     size_t total = N * C + N * (C + 2) + N * V + 2 * N;
-    for (int32_t l = 0; l < c->n_layer; l++)
-        total += N * layer_row_floats(C, F, keep ? keep[l] : KEEP_ALL) + B * NH * T * T;
+    if (checkpoint && c->n_layer > 0) {
+        /* every layer's output (res3), and one layer's insides without its res3 */
+        total += (size_t)c->n_layer * N * C;
+        total += N * (layer_row_floats(C, F, keep_union(keep, c->n_layer)) - C) + B * NH * T * T;
+    } else {
+        for (int32_t l = 0; l < c->n_layer; l++)
+            total += N * layer_row_floats(C, F, keep ? keep[l] : KEEP_ALL) + B * NH * T * T;
+    }
     total += N * (C + F); /* the shared inputs of frozen sites: one (N, C) and one (N, F) */
     /* backward: dres, dln, dqkv, datty, dfch_a, dfch_b, attention scratch, peft scratch */
     total += N * (C + C + 3 * C + C + 2 * F) + attention_scratch_floats((int)B, (int)T, (int)NH);
     total += peft_scratch;
     return total;
+}
+
+/* Points a's insides (every buffer but res3) into memory from p on, the frozen sites' inputs
+ * at the shared buffers unless keep mask k keeps them; returns the next free float. */
+static float *take_insides(gpt2_layer_acts *a, unsigned k, float *p, float *shared_c,
+                           float *shared_f, size_t B, size_t T, const lora_config *c) {
+    size_t N = B * T, C = (size_t)c->n_embd, F = (size_t)c->n_inner, NH = (size_t)c->n_head;
+#define TAKE(ptr, n) (ptr = p, p += (n))
+    if (k & KEEP_LN1) TAKE(a->ln1, N * C); else a->ln1 = shared_c;
+    TAKE(a->ln1_mean, N);
+    TAKE(a->ln1_rstd, N);
+    TAKE(a->qkv, N * 3 * C);
+    if (k & KEEP_ATTY) TAKE(a->atty, N * C); else a->atty = shared_c;
+    TAKE(a->att, B * NH * T * T);
+    TAKE(a->res2, N * C);
+    if (k & KEEP_LN2) TAKE(a->ln2, N * C); else a->ln2 = shared_c;
+    TAKE(a->ln2_mean, N);
+    TAKE(a->ln2_rstd, N);
+    TAKE(a->fch, N * F);
+    if (k & KEEP_GELU) TAKE(a->fch_gelu, N * F); else a->fch_gelu = shared_f;
+#undef TAKE
+    return p;
 }
 
 static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_error *err) {
@@ -326,7 +363,7 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
     if (!keep) return lora_errorf(err, LORA_ERR_NOMEM, "activations: out of memory");
     for (int32_t l = 0; l < c->n_layer; l++)
         keep[l] = layer_keep(&m->layers[l]);
-    size_t total = act_floats_for(c, (size_t)B, (size_t)T, scratch, keep), bytes;
+    size_t total = act_floats_for(c, (size_t)B, (size_t)T, scratch, keep, m->checkpoint), bytes;
     if (!lora_mul_ok(total, sizeof(float), &bytes)) {
         free(keep);
         return lora_errorf(err, LORA_ERR_NOMEM, "activations for B=%d T=%d overflow", (int)B,
@@ -360,22 +397,21 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
     float *shared_c, *shared_f; /* inputs of frozen sites, overwritten layer after layer */
     TAKE(shared_c, N * C);
     TAKE(shared_f, N * F);
-    for (int32_t l = 0; l < c->n_layer; l++) {
-        gpt2_layer_acts *a = &la[l];
-        unsigned         k = keep[l];
-        if (k & KEEP_LN1) TAKE(a->ln1, N * C); else a->ln1 = shared_c;
-        TAKE(a->ln1_mean, N);
-        TAKE(a->ln1_rstd, N);
-        TAKE(a->qkv, N * 3 * C);
-        if (k & KEEP_ATTY) TAKE(a->atty, N * C); else a->atty = shared_c;
-        TAKE(a->att, (size_t)B * NH * T * T);
-        TAKE(a->res2, N * C);
-        if (k & KEEP_LN2) TAKE(a->ln2, N * C); else a->ln2 = shared_c;
-        TAKE(a->ln2_mean, N);
-        TAKE(a->ln2_rstd, N);
-        TAKE(a->fch, N * F);
-        if (k & KEEP_GELU) TAKE(a->fch_gelu, N * F); else a->fch_gelu = shared_f;
-        TAKE(a->res3, N * C);
+    if (m->checkpoint && c->n_layer > 0) {
+        /* one set of insides for every layer (the forward overwrites it layer after layer,
+         * backward recomputes it), and every layer's own output */
+        gpt2_layer_acts insides;
+        p = take_insides(&insides, keep_union(keep, c->n_layer), p, shared_c, shared_f, B, T,
+                         c);
+        for (int32_t l = 0; l < c->n_layer; l++) {
+            la[l] = insides;
+            TAKE(la[l].res3, N * C);
+        }
+    } else {
+        for (int32_t l = 0; l < c->n_layer; l++) {
+            p = take_insides(&la[l], keep[l], p, shared_c, shared_f, B, T, c);
+            TAKE(la[l].res3, N * C);
+        }
     }
     TAKE(m->lnf, N * C);
     TAKE(m->lnf_mean, N);
@@ -423,9 +459,19 @@ lora_status gpt2_replan(lora_model *m, lora_error *err) {
 }
 
 int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch,
-                              const uint8_t *keep) {
-    return (int64_t)(act_floats_for(c, (size_t)B, (size_t)T, peft_scratch, keep) *
+                              const uint8_t *keep, int checkpoint) {
+    return (int64_t)(act_floats_for(c, (size_t)B, (size_t)T, peft_scratch, keep, checkpoint) *
                      sizeof(float));
+}
+
+lora_status lora_model_set_checkpointing(lora_model *m, int on, lora_error *err) {
+    on = on != 0;
+    if (m->checkpoint == on) return LORA_OK;
+    m->checkpoint = on;
+    if (!m->act_mem) return LORA_OK;
+    lora_status st = plan_activations(m, m->B_max, m->T_max, err);
+    if (st != LORA_OK) m->checkpoint = !on; /* the old plan stays in place */
+    return st;
 }
 
 /* ---- forward ---- */
@@ -442,6 +488,39 @@ const float *lora_model_logits(const lora_model *m) {
     return m->logits_valid ? m->logits : NULL;
 }
 
+/*
+ * Layer l of the last forward's batch (m->B, m->T) from its input residual, into m->la[l].
+ * With insides_only, it stops before mlp.c_proj: backward needs everything up to the MLP's
+ * hidden activation but not the layer's output, and under checkpointing recomputes that much.
+ * The same inputs give the same bits (the adapters' dropout masks follow m->ctx.pass).
+ */
+static void layer_forward(lora_model *m, int32_t l, const float *residual, int insides_only) {
+    const lora_config *c  = &m->cfg;
+    gpt2_layer        *ly = &m->layers[l];
+    gpt2_layer_acts   *a  = &m->la[l];
+    int                B = m->B, T = m->T, N = B * T;
+    int                C = c->n_embd, F = c->n_inner, NH = c->n_head;
+    float              eps = c->layer_norm_epsilon;
+#define P(op, stmt) PROF_OP(m->ctx.prof, m->ctx.prof_phase, op, stmt)
+    P(LORA_PROF_LAYERNORM, layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual, ly->ln_1_w,
+                                             ly->ln_1_b, N, C, eps));
+    linear_forward(&ly->c_attn, a->qkv, a->ln1, N, &m->ctx);
+    P(LORA_PROF_ATTENTION, attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
+    linear_forward(&ly->attn_proj, a->res2, a->atty, N, &m->ctx);
+    P(LORA_PROF_RESIDUAL, residual_forward(a->res2, a->res2, residual, (size_t)N * C));
+    P(LORA_PROF_LAYERNORM, layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln_2_w,
+                                             ly->ln_2_b, N, C, eps));
+    linear_forward(&ly->c_fc, a->fch, a->ln2, N, &m->ctx);
+    if (c->activation == LORA_ACT_GELU_ERF)
+        P(LORA_PROF_GELU, gelu_erf_forward(a->fch_gelu, a->fch, (size_t)N * F));
+    else
+        P(LORA_PROF_GELU, gelu_forward(a->fch_gelu, a->fch, (size_t)N * F));
+    if (insides_only) return;
+    linear_forward(&ly->mlp_proj, a->res3, a->fch_gelu, N, &m->ctx);
+    P(LORA_PROF_RESIDUAL, residual_forward(a->res3, a->res3, a->res2, (size_t)N * C));
+#undef P
+}
+
 lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32_t *targets,
                                int32_t B, int32_t T, float *loss, lora_error *err) {
     const lora_config *c       = &m->cfg;
@@ -452,7 +531,7 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
         return lora_errorf(err, LORA_ERR_STATE, "forward: the model is merged, it cannot be "
                            "trained (hint: lora_model_unmerge first)");
     if ((st = lora_model_reserve(m, B, T, err)) != LORA_OK) return st;
-    int    N = B * T, C = c->n_embd, F = c->n_inner, NH = c->n_head, V = c->vocab_size;
+    int N = B * T, C = c->n_embd, V = c->vocab_size;
     for (int i = 0; i < N; i++) {
         if (tokens[i] < 0 || tokens[i] >= V)
             return lora_errorf(err, LORA_ERR_ARG, "forward: token id %d at position %d is "
@@ -471,26 +550,8 @@ lora_status lora_model_forward(lora_model *m, const int32_t *tokens, const int32
     P(LORA_PROF_EMBEDDING, encoder_forward(m->encoded, tokens, m->wte, m->wpe, B, T, C));
     const float *residual = m->encoded;
     for (int32_t l = 0; l < c->n_layer; l++) {
-        gpt2_layer      *ly = &m->layers[l];
-        gpt2_layer_acts *a  = &m->la[l];
-        P(LORA_PROF_LAYERNORM, layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual,
-                                                 ly->ln_1_w, ly->ln_1_b, N, C,
-                                                 c->layer_norm_epsilon));
-        linear_forward(&ly->c_attn, a->qkv, a->ln1, N, &m->ctx);
-        P(LORA_PROF_ATTENTION, attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
-        linear_forward(&ly->attn_proj, a->res2, a->atty, N, &m->ctx);
-        P(LORA_PROF_RESIDUAL, residual_forward(a->res2, a->res2, residual, (size_t)N * C));
-        P(LORA_PROF_LAYERNORM, layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
-                                                 ly->ln_2_w, ly->ln_2_b, N, C,
-                                                 c->layer_norm_epsilon));
-        linear_forward(&ly->c_fc, a->fch, a->ln2, N, &m->ctx);
-        if (c->activation == LORA_ACT_GELU_ERF)
-            P(LORA_PROF_GELU, gelu_erf_forward(a->fch_gelu, a->fch, (size_t)N * F));
-        else
-            P(LORA_PROF_GELU, gelu_forward(a->fch_gelu, a->fch, (size_t)N * F));
-        linear_forward(&ly->mlp_proj, a->res3, a->fch_gelu, N, &m->ctx);
-        P(LORA_PROF_RESIDUAL, residual_forward(a->res3, a->res3, a->res2, (size_t)N * C));
-        residual = a->res3;
+        layer_forward(m, l, residual, 0);
+        residual = m->la[l].res3;
     }
     P(LORA_PROF_LAYERNORM, layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual,
                                              m->ln_f_w, m->ln_f_b, N, C,
@@ -583,6 +644,7 @@ static lora_status backward_pass(lora_model *m, lora_error *err) {
         int              need_dx  = l > lowest || below; /* dL/d(this layer's input) */
         gpt2_layer_acts *a        = &m->la[l];
         const float     *residual = l ? m->la[l - 1].res3 : m->encoded;
+        if (m->checkpoint) layer_forward(m, l, residual, 1); /* the layer's insides again */
         /* dres holds dL/d res3: it flows unchanged into res2 and into the MLP's output */
         linear_backward_set(&ly->mlp_proj, m->dfch_a, m->dres, a->fch_gelu, N, &m->ctx);
         P(LORA_PROF_RESIDUAL, memset(m->dfch_b, 0, NF * sizeof(float)));

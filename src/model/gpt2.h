@@ -70,6 +70,7 @@ struct lora_model {
 
     /* activations, planned for B_max x T_max */
     int32_t          B_max, T_max;
+    int              checkpoint; /* 1: layers share one set of insides, recomputed in backward */
     float           *act_mem; /* owned, one allocation */
     size_t           act_floats;
     float           *encoded;            /* (B,T,C) */
@@ -101,8 +102,9 @@ enum { GPT2_KEEP_LN1 = 1, GPT2_KEEP_ATTY = 2, GPT2_KEEP_LN2 = 4, GPT2_KEEP_GELU 
        GPT2_KEEP_ALL = 15 };
 
 /* Bytes of activations (forward storage, backward buffers, PEFT scratch) for B x T, with each
- * layer's GPT2_KEEP_* mask (keep[n_layer]; NULL: every input kept). */
+ * layer's GPT2_KEEP_* mask (keep[n_layer]; NULL: every input kept), with activation
+ * checkpointing when checkpoint is non-zero. */
 int64_t gpt2_activation_bytes(const lora_config *c, int32_t B, int32_t T, size_t peft_scratch,
-                              const uint8_t *keep);
+                              const uint8_t *keep, int checkpoint);
 
 #endif

@@ -241,7 +241,8 @@ static void target_dims_of(const lora_config *c, target_dims out[N_TARGET_DIMS])
 }
 
 lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params *p, int32_t B,
-                                 int32_t T, lora_memory_estimate *out, lora_error *err) {
+                                 int32_t T, int checkpoint, lora_memory_estimate *out,
+                                 lora_error *err) {
     if (B <= 0 || T <= 0 || T > c->n_positions)
         return lora_errorf(err, LORA_ERR_ARG, "estimate: invalid batch shape B=%d T=%d", (int)B,
                            (int)T);
@@ -283,7 +284,7 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     uint8_t *keeps = malloc(L > 0 ? (size_t)L : 1);
     if (!keeps) return lora_errorf(err, LORA_ERR_NOMEM, "estimate: out of memory");
     memset(keeps, (int)keep, (size_t)L);
-    out->activation_bytes = gpt2_activation_bytes(c, B, T, (size_t)scratch, keeps) +
+    out->activation_bytes = gpt2_activation_bytes(c, B, T, (size_t)scratch, keeps, checkpoint) +
                             adapter_acts * (int64_t)sizeof(float);
     free(keeps);
     out->total_bytes      = out->weights_bytes + out->trainable_bytes + out->activation_bytes;

@@ -544,7 +544,9 @@ static lora_status setup(run *r, lora_error *err) {
     ap.seed                = p->seed;
     ap.adalora.total_step  = r->total; /* AdaLoRA's budget schedule spans the whole run */
     if ((st = lora_model_attach(r->m, &ap, err)) != LORA_OK) return st;
-    if ((st = lora_model_reserve(r->m, p->batch, r->T, err)) != LORA_OK) return st;
+    if ((st = lora_model_set_checkpointing(r->m, p->checkpoint_activations, err)) != LORA_OK ||
+        (st = lora_model_reserve(r->m, p->batch, r->T, err)) != LORA_OK)
+        return st;
     lora_model_set_training(r->m, 1);
     lora_model_set_label_smoothing(r->m, p->label_smoothing);
     size_t n = (size_t)p->batch * (size_t)r->T;
@@ -684,6 +686,7 @@ lora_status lora_train(const lora_train_params *params, const volatile int *stop
         p.resume_dir = params->resume_dir;
         p.out_dir    = params->resume_dir; /* the run continues where it is */
         p.stop_after = params->stop_after;
+        p.checkpoint_activations = params->checkpoint_activations;
     }
     if (!p.model_dir || !p.data_path || !p.out_dir) {
         saved_free(&ss);

@@ -66,6 +66,23 @@ got=$("$lora" bench "$work/big" --method full --batch 2 --seq-len 16 --steps 1 -
       --no-peak | sed -n 's/^memory .* estimate \([0-9.]*\) MiB .*/\1/p')
 [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "estimate '$got' MiB, inspect '$want' MiB"
 
+# --checkpoint-activations: the same losses (the step is bit-identical), a smaller estimate,
+# the one `lora inspect --checkpoint-activations` prints
+ck() { "$lora" bench "$work/big" --batch 2 --seq-len 16 --steps 3 --warmup 0 --no-peak --json \
+       --threads 1 "$@"; }
+j0=$(ck) j1=$(ck --checkpoint-activations)
+if /usr/bin/python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); \
+    assert b["checkpoint_activations"] is True and a["checkpoint_activations"] is False; \
+    assert a["loss_first"] == b["loss_first"] and a["loss_last"] == b["loss_last"]; \
+    assert a["loss_last"] != a["loss_first"]; \
+    assert b["estimate"]["activation_bytes"] < a["estimate"]["activation_bytes"]' "$j0" "$j1"
+then ok; else bad "--checkpoint-activations: $j0 / $j1"; fi
+want=$("$lora" inspect "$work/big" --batch 2 --seq-len 16 --no-tensors --checkpoint-activations |
+       sed -n 's/^  total *\([0-9.]*\) MiB$/\1/p')
+got=$("$lora" bench "$work/big" --batch 2 --seq-len 16 --steps 1 --warmup 0 --no-peak \
+      --checkpoint-activations | sed -n 's/^memory .* estimate \([0-9.]*\) MiB .*/\1/p')
+[ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "checkpointed estimate '$got', inspect '$want'"
+
 # the machine peaks alone
 pk=$("$lora" bench --peak-only --threads 1 --json 2>&1)
 echo "$pk" | grep -q '"fma_gflops":[0-9]' && echo "$pk" | grep -q '"sgemm_gflops":[0-9]' \

@@ -24,7 +24,7 @@ for want in "== machine (threads 2) ==" "FMA peak GFLOP/s" "== training step vs 
             "== where the time goes: gpt2s lora q,v B=4 T=128" "matmul" "(untimed)" \
             "== cost growth: LoRA rank" "r=64 / r=1 =" "== cost growth: sequence length" \
             "1x1024" "== cost growth: threads" "speed-up" "== memory" "worst |error|" \
-            "== generation =="; do
+            "== activation checkpointing" "step x" "== generation =="; do
     echo "$out" | grep -qF -- "$want" && ok || bad "output lacks '$want'"
 done
 if [ -z "$torch" ]; then

@@ -16,6 +16,15 @@ for want in "n_layer      2" "n_embd       32" "parameters" "transformer.h.1.mlp
     echo "$out" | grep -qF "$want" && ok || bad "inspect output lacks '$want'"
 done
 
+# --checkpoint-activations: fewer activation bytes, said in the header
+acts() { "$lora" inspect "$work/m" --batch 64 --seq-len 16 --no-tensors "$@" |
+         sed -n 's/^  activations *\([0-9.]*\) MiB$/\1/p'; }
+a0=$(acts) a1=$(acts --checkpoint-activations)
+awk -v a="$a0" -v b="$a1" 'BEGIN { exit !(a > 0 && b > 0 && b < a) }' && ok ||
+    bad "checkpointed activations $a1 MiB, not fewer than $a0 MiB"
+"$lora" inspect "$work/m" --no-tensors --checkpoint-activations |
+    grep -qF "activations checkpointed)" && ok || bad "the estimate's header lacks the option"
+
 # corrupt: truncated weights
 cp -r "$work/m" "$work/trunc"
 truncate -s 5000 "$work/trunc/model.safetensors"

@@ -3,7 +3,8 @@
 # byte-level tokenizer and a small prompt/completion task.
 #  - the validation loss goes down over 200 steps;
 #  - the saved adapter, read by the PyTorch reference with PEFT's key names, gives our logits;
-#  - --stop-after 100 then --resume reproduces steps 101-200 exactly (metrics and adapter bytes);
+#  - --stop-after 100 then --resume reproduces steps 101-200 exactly (metrics and adapter bytes),
+#    with --checkpoint-activations on the first half;
 #  - SIGKILL during checkpointing never leaves a broken checkpoint;
 #  - bad input: malformed JSONL, empty data, broken merges, unwritable output, bad options.
 # usage: test_train.sh LORA TEST_PEFT_ORACLE ST_CHECK WORKDIR [PYTHON]
@@ -55,9 +56,9 @@ awk -v h="$e_h" -v a="$e_a" 'BEGIN { d = h - a; exit !(d < 1e-4 && d > -1e-4) }'
 "$peft" expect "$model" "$work/A" >/dev/null && ok || bad "expect"
 "$py" "$oracle/peft_check.py" check --model "$model" --adapter "$work/A" && ok || bad "PEFT-semantics logits"
 
-# exact resume
+# exact resume; the first half recomputes its activations in backward (same results)
 # shellcheck disable=SC2086
-"$lora" train $common --out "$work/B" --save-every 100 --stop-after 100 2>"$work/B.log" && ok || bad "train B to 100"
+"$lora" train $common --out "$work/B" --save-every 100 --stop-after 100 --checkpoint-activations 2>"$work/B.log" && ok || bad "train B to 100"
 grep -q '"step": 100,' "$work/B/metrics.jsonl" && ! grep -q '"step": 101,' "$work/B/metrics.jsonl" && ok || bad "B stopped at 100"
 "$lora" train --resume "$work/B" --threads 2 --quiet 2>>"$work/B.log" && ok || { bad "resume B"; cat "$work/B.log" >&2; }
 grep '"step"' "$work/A/metrics.jsonl" | sed 's/, "tokens_per_s".*//' > "$work/A.steps"

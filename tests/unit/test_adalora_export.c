@@ -338,13 +338,13 @@ static void test_estimate(void) {
     lora_error           err;
     p.r       = R;
     p.targets = LORA_TARGET_Q | LORA_TARGET_V | LORA_TARGET_MLP_FC;
-    test_cond("estimate lora", lora_estimate_memory(&c, &p, 2, 16, &lo, &err) == LORA_OK);
+    test_cond("estimate lora", lora_estimate_memory(&c, &p, 2, 16, 0, &lo, &err) == LORA_OK);
     lora_model *ml = load_tiny("est_lora");
     if (ml) test_condf(lora_model_attach(ml, &p, &err) == LORA_OK, "lora: %s", err.msg);
     p.method             = LORA_METHOD_ADALORA;
     p.adalora.target_r   = 2;
     p.adalora.total_step = 10;
-    test_cond("estimate adalora", lora_estimate_memory(&c, &p, 2, 16, &ad, &err) == LORA_OK);
+    test_cond("estimate adalora", lora_estimate_memory(&c, &p, 2, 16, 0, &ad, &err) == LORA_OK);
     lora_model *ma = load_tiny("est_ada");
     if (!ml || !ma) goto done;
     test_condf(lora_model_attach(ma, &p, &err) == LORA_OK, "adalora: %s", err.msg);

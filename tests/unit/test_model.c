@@ -354,17 +354,17 @@ static void test_estimate(void) {
     lora_adapter_params  p = lora_adapter_params_default();
     lora_memory_estimate lo, full;
     lora_error           err;
-    test_cond("estimate lora", lora_estimate_memory(&c, &p, 2, 16, &lo, &err) == LORA_OK);
+    test_cond("estimate lora", lora_estimate_memory(&c, &p, 2, 16, 0, &lo, &err) == LORA_OK);
     p.method = LORA_METHOD_FULL;
-    test_cond("estimate full", lora_estimate_memory(&c, &p, 2, 16, &full, &err) == LORA_OK);
+    test_cond("estimate full", lora_estimate_memory(&c, &p, 2, 16, 0, &full, &err) == LORA_OK);
     test_cond("full trains more", full.trainable_bytes > 10 * lo.trainable_bytes);
-    test_cond("T past context", lora_estimate_memory(&c, &p, 2, 17, &lo, &err) == LORA_ERR_ARG);
+    test_cond("T past context", lora_estimate_memory(&c, &p, 2, 17, 0, &lo, &err) == LORA_ERR_ARG);
     /* the estimate's activation term is the one the model allocates */
     lora_model *m = load_tiny("est", 0);
     p             = lora_adapter_params_default();
     lora_model_attach(m, &p, &err);
     lora_model_reserve(m, 2, 16, &err);
-    lora_estimate_memory(&c, &p, 2, 16, &lo, &err);
+    lora_estimate_memory(&c, &p, 2, 16, 0, &lo, &err);
     int64_t lora_u = 0; /* per-adapter saved A·x, allocated by the adapters themselves */
     lora_u         = (int64_t)2 * 16 * p.r * 2 * c.n_layer * (int64_t)sizeof(float);
     test_condf((int64_t)(m->act_floats * sizeof(float)) + lora_u == lo.activation_bytes,
@@ -386,11 +386,119 @@ static void test_estimate(void) {
                                             m->la[0].ln2 != m->la[1].ln2 &&
                                             m->la[0].fch_gelu != m->la[1].fch_gelu);
     lora_memory_estimate fe;
-    lora_estimate_memory(&c, &p, 2, 16, &fe, &err);
+    lora_estimate_memory(&c, &p, 2, 16, 0, &fe, &err);
     test_condf((int64_t)(m->act_floats * sizeof(float)) == fe.activation_bytes,
                "full: activation estimate %lld vs planned %lld", (long long)fe.activation_bytes,
                (long long)(m->act_floats * sizeof(float)));
     lora_model_free(m);
+}
+
+/* Sets every trainable tensor to the same values in both models (LoRA's B starts at zero, which
+ * would leave A's gradient zero). */
+static void fill_trainables(lora_model *m) {
+    for (int32_t i = 0; i < lora_model_n_trainable(m); i++) {
+        lora_tensor_info t;
+        lora_model_trainable(m, i, &t);
+        for (int64_t j = 0; j < t.numel; j++)
+            t.data[j] += 0.03f * sinf(0.7f * (float)j + (float)i);
+    }
+}
+
+/* Whether every trainable gradient of a and b has the same bits. */
+static int same_grads(lora_model *a, lora_model *b) {
+    if (lora_model_n_trainable(a) != lora_model_n_trainable(b)) return 0;
+    for (int32_t i = 0; i < lora_model_n_trainable(a); i++) {
+        lora_tensor_info x, y;
+        lora_model_trainable(a, i, &x);
+        lora_model_trainable(b, i, &y);
+        if (x.numel != y.numel || memcmp(x.grad, y.grad, (size_t)x.numel * sizeof(float))) return 0;
+    }
+    return 1;
+}
+
+/*
+ * Activation checkpointing: a model that recomputes every layer's insides in backward gives the
+ * same losses and gradients, bit for bit, over several steps, for every method (dropout on);
+ * turning it on or off after the activations are planned re-plans them; the activations
+ * shrink, and the estimate with checkpointing is what the model allocates.
+ */
+static void test_checkpointing(void) {
+    enum { B = 2, T = 16 };
+    int32_t    tok[B * T], tgt[B * T];
+    lora_error err;
+    struct {
+        const char *name;
+        int         method;
+        uint32_t    targets;
+    } cases[] = {{"lora q,v", LORA_METHOD_LORA, LORA_TARGET_Q | LORA_TARGET_V},
+                 {"lora all", LORA_METHOD_LORA, LORA_TARGET_ALL_LINEAR},
+                 {"adalora", LORA_METHOD_ADALORA, LORA_TARGET_Q | LORA_TARGET_V},
+                 {"full", LORA_METHOD_FULL, 0},
+                 {"bitfit", LORA_METHOD_BITFIT, 0}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        lora_model *m0 = load_tiny("ck0", 0), *m1 = load_tiny("ck1", 0);
+        if (!m0 || !m1) return;
+        make_batch(tok, tgt, B, T, m0->cfg.vocab_size);
+        lora_adapter_params p = lora_adapter_params_default();
+        p.method              = cases[k].method;
+        if (cases[k].targets) p.targets = cases[k].targets;
+        p.dropout            = 0.2f;
+        p.adalora.total_step = 8;
+        p.adalora.tinit      = 1;
+        p.adalora.tfinal     = 2;
+        p.adalora.delta_t    = 1;
+        p.adalora.target_r   = 4;
+        lora_optim_params o  = lora_optim_params_default();
+        int               ok = lora_model_attach(m0, &p, &err) == LORA_OK &&
+                 lora_model_attach(m1, &p, &err) == LORA_OK &&
+                 lora_model_set_checkpointing(m1, 1, &err) == LORA_OK &&
+                 lora_model_reserve(m0, B, T, &err) == LORA_OK &&
+                 lora_model_reserve(m1, B, T, &err) == LORA_OK;
+        test_condf(ok, "%s: set up: %s", cases[k].name, err.msg);
+        if (!ok) return;
+        test_condf(m1->act_floats < m0->act_floats,
+                   "%s: checkpointed activations %zu floats, "
+                   "not fewer than %zu",
+                   cases[k].name, m1->act_floats, m0->act_floats);
+        lora_memory_estimate e0, e1;
+        lora_estimate_memory(&m0->cfg, &p, B, T, 0, &e0, &err);
+        lora_estimate_memory(&m0->cfg, &p, B, T, 1, &e1, &err);
+        test_condf(e0.activation_bytes - e1.activation_bytes ==
+                       (int64_t)((m0->act_floats - m1->act_floats) * sizeof(float)),
+                   "%s: the estimate saves %lld bytes, the plan %lld", cases[k].name,
+                   (long long)(e0.activation_bytes - e1.activation_bytes),
+                   (long long)((m0->act_floats - m1->act_floats) * sizeof(float)));
+        fill_trainables(m0);
+        fill_trainables(m1);
+        lora_model_set_training(m0, 1);
+        lora_model_set_training(m1, 1);
+        int same = 1;
+        for (int step = 0; step < 4 && same; step++) {
+            if (step == 2) { /* swap: re-plans, keeps the results */
+                test_cond("checkpointing on after planning",
+                          lora_model_set_checkpointing(m0, 1, &err) == LORA_OK);
+                test_cond("checkpointing off after planning",
+                          lora_model_set_checkpointing(m1, 0, &err) == LORA_OK);
+                test_cond("re-planned", m0->act_floats < m1->act_floats);
+            }
+            float l0, l1;
+            lora_model_zero_grad(m0);
+            lora_model_zero_grad(m1);
+            same = lora_model_forward(m0, tok, tgt, B, T, &l0, &err) == LORA_OK &&
+                   lora_model_forward(m1, tok, tgt, B, T, &l1, &err) == LORA_OK &&
+                   lora_model_backward(m0, &err) == LORA_OK &&
+                   lora_model_backward(m1, &err) == LORA_OK;
+            same = same && memcmp(&l0, &l1, sizeof l0) == 0 && same_grads(m0, m1);
+            test_condf(same,
+                       "%s: step %d: loss %.9g vs %.9g checkpointed, or gradients "
+                       "differ",
+                       cases[k].name, step, (double)l0, (double)l1);
+            lora_model_step(m0, &o, 1e-2f, NULL, &err);
+            lora_model_step(m1, &o, 1e-2f, NULL, &err);
+        }
+        lora_model_free(m0);
+        lora_model_free(m1);
+    }
 }
 
 int main(void) {
@@ -402,5 +510,6 @@ int main(void) {
     test_f16_and_methods();
     test_targets_and_schedules();
     test_estimate();
+    test_checkpointing();
     return test_report("test_model");
 }
