@@ -209,7 +209,8 @@ lora_status lora_model_reserve(lora_model *m, int32_t B, int32_t T, lora_error *
  * recomputes a layer's inside (its layernorms, q|k|v, attention probabilities, MLP hidden)
  * just before it goes through it. Activations shrink from L layers' worth to one layer's plus
  * L·B·T·C floats (the attention probabilities alone are L·B·n_head·T² floats without it); a
- * training step costs about two thirds of a forward through the layers more. Gradients and
+ * training step costs about two thirds of a forward through the layers more (all but the top
+ * layer, whose insides are still in place when backward starts). Gradients and
  * losses are bit-identical to a step without it (same thread count). Re-plans the activations
  * if they are already allocated. Off by default.
  */
