@@ -8,6 +8,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 static int test_passed_count = 0;
 static int test_failed_count = 0;
@@ -53,6 +55,30 @@ static inline double test_rel_norm_diff(const float *a, const float *b, size_t n
         den += (double)b[i] * (double)b[i];
     }
     return sqrt(num) / (den > 1e-300 ? sqrt(den) : 1e-150);
+}
+
+/* UNDER_ASAN: AddressSanitizer reserves address space of its own, so capping RLIMIT_AS (the
+ * allocation-failure tests) does not work under it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+/* Caps this process's address space at what it maps now plus slack bytes, so that larger
+ * allocations fail (run it in a forked child). Returns 0 on success. */
+static inline int test_cap_memory(size_t slack) {
+    long  pages = 0;
+    FILE *f     = fopen("/proc/self/statm", "r");
+    if (!f) return -1;
+    int ok = fscanf(f, "%ld", &pages) == 1;
+    fclose(f);
+    if (!ok) return -1;
+    rlim_t        cap = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)slack;
+    struct rlimit rl  = {cap, cap};
+    return setrlimit(RLIMIT_AS, &rl);
 }
 
 static inline int test_report(const char *name) {

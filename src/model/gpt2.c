@@ -379,8 +379,9 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
         free(keep);
         return lora_errorf(err, LORA_ERR_NOMEM,
                            "cannot allocate %.1f MiB of activations for B=%d T=%d (hint: lower "
-                           "--batch or --seq-len)",
-                           (double)bytes / 1048576.0, (int)B, (int)T);
+                           "--batch or --seq-len%s)",
+                           (double)bytes / 1048576.0, (int)B, (int)T,
+                           m->checkpoint ? "" : ", or --checkpoint-activations");
     }
     free(m->act_mem);
     free(m->la);

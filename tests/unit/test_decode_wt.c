@@ -330,14 +330,6 @@ static void test_full_finetuning(const char *base) {
 
 /* ---- allocation failure ---- */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-
 /* In a child whose address space is capped a little above what it uses, the copy (12 MiB for
  * this model) cannot be allocated: LORA_ERR_NOMEM with a message, and the decoder still
  * decodes without it. */
@@ -357,13 +349,7 @@ static void test_nomem(const char *big) {
         if (lora_decoder_init(m, 1, 4, &d, &err) != LORA_OK ||
             lora_decoder_feed(d, 0, &tok, 1, &err) != LORA_OK)
             _exit(11);
-        long  pages = 0;
-        FILE *f     = fopen("/proc/self/statm", "r");
-        if (!f || fscanf(f, "%ld", &pages) != 1) _exit(12);
-        fclose(f);
-        rlim_t        cap = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (4u << 20);
-        struct rlimit rl  = {cap, cap};
-        if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(13);
+        if (test_cap_memory(4u << 20) != 0) _exit(13);
         lora_status st = lora_decoder_set_transposed(d, 1, &err);
         if (st != LORA_ERR_NOMEM) _exit(14);
         if (!strstr(err.msg, "transposed") || strchr(err.msg, '\n')) _exit(15);
@@ -373,7 +359,7 @@ static void test_nomem(const char *big) {
     int status = 0;
     test_cond("fork", pid > 0 && waitpid(pid, &status, 0) == pid);
     test_condf(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-               "allocation-failure child: exit %d (10-13 setup, 14 status not NOMEM, "
+               "allocation-failure child: exit %d (10, 11, 13 setup, 14 status not NOMEM, "
                "15 message, 16 decoding after the failure)",
                WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 #endif

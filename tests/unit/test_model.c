@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static char root[4096];
 
@@ -501,6 +502,57 @@ static void test_checkpointing(void) {
     }
 }
 
+/* Activations that do not fit: LORA_ERR_NOMEM with a one-line message that suggests
+ * checkpointing (unless it is on), the old plan kept; checkpointing then fits where the plain
+ * plan did not. In a child whose address space is capped. */
+static void test_activation_nomem(void) {
+#ifdef UNDER_ASAN
+    printf("allocation-failure test skipped under AddressSanitizer\n");
+#else
+    pid_t pid = fork();
+    if (pid == 0) {
+        enum { T = 16 };
+        /* one thread: worker threads would map their stacks and malloc arenas (64 MiB of
+         * address space each) after the cap */
+        lora_set_threads(1);
+        lora_model *m = load_tiny("nomem", 0);
+        lora_error  err;
+        if (!m) _exit(10);
+        lora_adapter_params p = lora_adapter_params_default();
+        int32_t             tok[2 * T], tgt[2 * T];
+        make_batch(tok, tgt, 2, T, m->cfg.vocab_size);
+        float loss;
+        if (lora_model_attach(m, &p, &err) != LORA_OK ||
+            lora_model_forward(m, tok, tgt, 2, T, &loss, &err) != LORA_OK)
+            _exit(11);
+        /* room for 16384 sequences' activations checkpointed (1.2 GiB of address space, never
+         * touched), not plainly (1.5 GiB): half-way between, which leaves room for what the failed
+         * attempt keeps (the adapters' grown buffers, malloc's bookkeeping: ~70 MiB) */
+        lora_memory_estimate e0, e1;
+        if (lora_estimate_memory(&m->cfg, &p, 16384, T, 0, &e0, &err) != LORA_OK ||
+            lora_estimate_memory(&m->cfg, &p, 16384, T, 1, &e1, &err) != LORA_OK ||
+            test_cap_memory((size_t)(e1.activation_bytes +
+                                     (e0.activation_bytes - e1.activation_bytes) / 2)) != 0)
+            _exit(12);
+        if (lora_model_reserve(m, 16384, T, &err) != LORA_ERR_NOMEM) _exit(13);
+        if (!strstr(err.msg, "--checkpoint-activations") || strchr(err.msg, '\n')) _exit(14);
+        float again;
+        if (lora_model_forward(m, tok, tgt, 2, T, &again, &err) != LORA_OK || again != loss)
+            _exit(15);
+        if (lora_model_set_checkpointing(m, 1, &err) != LORA_OK ||
+            lora_model_reserve(m, 16384, T, &err) != LORA_OK)
+            _exit(16);
+        _exit(0);
+    }
+    int status = 0;
+    test_cond("fork", pid > 0 && waitpid(pid, &status, 0) == pid);
+    test_condf(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+               "activation allocation-failure child: exit %d (10-12 setup, 13 not NOMEM, 14 "
+               "message, 15 the old plan lost, 16 checkpointing did not fit)",
+               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+#endif
+}
+
 int main(void) {
     tiny_tmpdir(root, sizeof root, "test_model");
     test_bad_checkpoints();
@@ -511,5 +563,6 @@ int main(void) {
     test_targets_and_schedules();
     test_estimate();
     test_checkpointing();
+    test_activation_nomem();
     return test_report("test_model");
 }
