@@ -63,17 +63,12 @@ static void scale_columns(float *w, const float *u, const float *E, int N, int r
 
 static void ada_forward(adapter *a, const linear *site, float *out, const float *inp, int N,
                         const peft_ctx *ctx) {
-    ada_site    *s   = a->state;
-    const float *src = inp;
-    float       *w   = ctx->scratch + (size_t)N * s->in; /* (N, r) */
+    ada_site *s = a->state;
+    float    *w = ctx->scratch; /* (N, r) */
     LORA_ASSERT(N <= s->n_max);
-    if (adapter_dropout_on(ctx, s->dropout)) {
-        adapter_dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout,
-                              adapter_dropout_key(a, ctx));
-        src = ctx->scratch;
-    }
-    /* u (N,r) = x · Qᵀ;  w = u ⊙ Λ;  out[:, off:off+len] += scale · w · Pᵀ */
-    gemm(0, 1, N, s->r, s->in, 1.0f, src, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    /* u (N,r) = dropout(x) · Qᵀ;  w = u ⊙ Λ;  out[:, off:off+len] += scale · w · Pᵀ */
+    adapter_down(s->u, inp, s->A, N, s->r, s->in, adapter_dropout_on(ctx, s->dropout),
+                 s->dropout, adapter_dropout_key(a, ctx));
     scale_columns(w, s->u, s->E, N, s->r);
     gemm(0, 1, N, s->len, s->r, s->scale, w, s->r, s->B, s->r, 1.0f, out + a->off, site->out);
 }
@@ -84,11 +79,9 @@ static void ada_backward(adapter *a, const linear *site, float *dinp, const floa
     ada_site    *s       = a->state;
     int          dropped = adapter_dropout_on(ctx, s->dropout);
     int          r       = s->r;
-    float       *xd      = ctx->scratch;                     /* (N, in) */
-    float       *dw      = ctx->scratch + (size_t)N * s->in; /* (N, r) */
-    float       *w       = dw + (size_t)N * r;               /* (N, r) */
-    const float *dslice  = dout + a->off;                    /* (N, len), row stride site->out */
-    const float *src     = inp;
+    float       *dw      = ctx->scratch;         /* (N, r) */
+    float       *w       = dw + (size_t)N * r;   /* (N, r) */
+    const float *dslice  = dout + a->off;        /* (N, len), row stride site->out */
     /* dP (len,r) += scale · dsliceᵀ · (u ⊙ Λ) */
     scale_columns(w, s->u, s->E, N, r);
     gemm(1, 0, s->len, r, N, s->scale, dslice, site->out, w, r, 1.0f, s->dB, r);
@@ -101,17 +94,9 @@ static void ada_backward(adapter *a, const linear *site, float *dinp, const floa
         s->dE[i] += (float)acc;
     }
     scale_columns(dw, dw, s->E, N, r);
-    if (dropped) {
-        adapter_dropout_apply(xd, inp, (size_t)N * s->in, s->dropout,
-                              adapter_dropout_key(a, ctx));
-        src = xd;
-    }
-    /* dQ (r,in) += duᵀ · x_drop */
-    gemm(1, 0, r, s->in, N, 1.0f, dw, r, src, s->in, 1.0f, s->dA, s->in);
-    /* dx += (du · Q) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
-    if (dinp)
-        adapter_input_grad(dinp, dw, s->A, N, r, s->in, dropped, s->dropout,
-                           adapter_dropout_key(a, ctx), xd);
+    /* dQ (r,in) += duᵀ · dropout(x);  dx += (du · Q) ⊙ mask / (1 - p) */
+    adapter_up_grads(s->dA, dinp, dw, inp, s->A, N, r, s->in, dropped, s->dropout,
+                     adapter_dropout_key(a, ctx));
 }
 
 static lora_status ada_reserve(adapter *a, const linear *site, int N, size_t *scratch,
@@ -119,7 +104,7 @@ static lora_status ada_reserve(adapter *a, const linear *site, int N, size_t *sc
     ada_site *s = a->state;
     lora_status st = adapter_reserve_rows(&s->u, &s->n_max, N, s->r, site, err);
     if (st != LORA_OK) return st;
-    *scratch = (size_t)N * (size_t)(s->in + 2 * s->r);
+    *scratch = (size_t)N * (size_t)(2 * s->r);
     return LORA_OK;
 }
 

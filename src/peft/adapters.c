@@ -41,8 +41,8 @@ static void infer_forward(adapter *a, const linear *site, float *out, const floa
     (void)ctx; /* frozen: no dropout */
     if (s->scale == 0.0f) return;
     LORA_ASSERT(N <= s->n_max);
-    /* u (N,r) = x · Aᵀ;  out[:, off:off+len] += s · u · Bᵀ (as LoRA's forward) */
-    gemm(0, 1, N, s->r, s->in, 1.0f, inp, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    /* u (N,r) = x · Aᵀ;  out[:, off:off+len] += s · u · Bᵀ (as LoRA's forward, same bits) */
+    adapter_down(s->u, inp, s->A, N, s->r, s->in, 0, 0.0f, 0);
     gemm(0, 1, N, s->len, s->r, s->scale, s->u, s->r, s->B, s->r, 1.0f, out + a->off, site->out);
 }
 

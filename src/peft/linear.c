@@ -120,20 +120,129 @@ void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64
         out[i] = rng_keep24(key, (uint32_t)i) >= thr ? x[i] * keep_scale : 0.0f;
 }
 
-void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int r, int in,
-                        int dropped, float p, uint64_t key, float *scratch) {
-    if (!dropped) {
-        gemm(0, 0, N, in, r, 1.0f, du, r, A, in, 1.0f, dinp, in);
-        return;
-    }
-    gemm(0, 0, N, in, r, 1.0f, du, r, A, in, 0.0f, scratch, in);
-    float    keep = 1.0f / (1.0f - p);
-    size_t   n    = (size_t)N * (size_t)in;
-    uint32_t thr  = rng_drop_threshold(p);
-    LORA_ASSERT(n <= UINT32_MAX);
+/* Rows and columns of x per step of adapter_down: a 4-row block's chunk of the masked input
+ * (4 x 256 floats, 4 KiB) stays in L1 while every row of A passes over it. */
+#define DOWN_ROWS 4
+#define DOWN_COLS 256
+
+/* Row n's columns [c0, c0 + w) of the masked input into xd (element index n·in + c draws the
+ * mask, as adapter_dropout_apply does over the whole (N, in) matrix). */
+static void mask_span(float *restrict xd, const float *restrict x, size_t at, int w,
+                      uint32_t thr, float keep, uint64_t key) {
+    for (int i = 0; i < w; i++)
+        xd[i] = rng_keep24(key, (uint32_t)(at + (size_t)i)) >= thr ? x[i] * keep : 0.0f;
+}
+
+void adapter_down(float *u, const float *x, const float *A, int N, int r, int in, int dropped,
+                  float p, uint64_t key) {
+    static const float zeros[DOWN_COLS];
+    float              keep = dropped ? 1.0f / (1.0f - p) : 1.0f;
+    uint32_t           thr  = dropped ? rng_drop_threshold(p) : 0;
+    long               nblk = (N + DOWN_ROWS - 1) / DOWN_ROWS;
+    LORA_ASSERT((size_t)N * (size_t)in <= UINT32_MAX);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        dinp[i] += rng_keep24(key, (uint32_t)i) >= thr ? scratch[i] * keep : 0.0f;
+    for (long b = 0; b < nblk; b++) {
+        int    n0 = (int)b * DOWN_ROWS, nr = N - n0 < DOWN_ROWS ? N - n0 : DOWN_ROWS;
+        float  xd[DOWN_ROWS][DOWN_COLS];
+        float *ub = u + (size_t)n0 * r;
+        for (int k = 0; k < nr * r; k++) ub[k] = 0.0f;
+        for (int c0 = 0; c0 < in; c0 += DOWN_COLS) {
+            int          w = in - c0 < DOWN_COLS ? in - c0 : DOWN_COLS;
+            const float *xr[DOWN_ROWS];
+            for (int q = 0; q < DOWN_ROWS; q++) {
+                const float *src = x + (size_t)(n0 + q) * in + c0;
+                if (q >= nr) {
+                    xr[q] = zeros;
+                } else if (dropped) {
+                    mask_span(xd[q], src, (size_t)(n0 + q) * in + c0, w, thr, keep, key);
+                    xr[q] = xd[q];
+                } else {
+                    xr[q] = src;
+                }
+            }
+            for (int j = 0; j < r; j++) {
+                const float *restrict a  = A + (size_t)j * in + c0;
+                const float *restrict x0 = xr[0], *restrict x1 = xr[1];
+                const float *restrict x2 = xr[2], *restrict x3 = xr[3];
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+                for (int i = 0; i < w; i++) {
+                    s0 += a[i] * x0[i];
+                    s1 += a[i] * x1[i];
+                    s2 += a[i] * x2[i];
+                    s3 += a[i] * x3[i];
+                }
+                float s[DOWN_ROWS] = {s0, s1, s2, s3};
+                for (int q = 0; q < nr; q++) ub[(size_t)q * r + j] += s[q];
+            }
+        }
+    }
+}
+
+/* Columns of x, dA and dinp per block of adapter_up_grads (a thread's unit of work), and rows
+ * per step within it: four rows' masked inputs update a row of dA in one pass. */
+#define UP_COLS 64
+#define UP_ROWS 4
+
+void adapter_up_grads(float *dA, float *dinp, const float *du, const float *x, const float *A,
+                      int N, int r, int in, int dropped, float p, uint64_t key) {
+    float    keep = dropped ? 1.0f / (1.0f - p) : 1.0f;
+    uint32_t thr  = dropped ? rng_drop_threshold(p) : 0;
+    long     nblk = (in + UP_COLS - 1) / UP_COLS;
+    LORA_ASSERT((size_t)N * (size_t)in <= UINT32_MAX);
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < nblk; b++) {
+        int   c0 = (int)b * UP_COLS, w = in - c0 < UP_COLS ? in - c0 : UP_COLS;
+        float xd[UP_ROWS][UP_COLS], g[UP_ROWS][UP_COLS], mk[UP_ROWS][UP_COLS];
+        for (int n0 = 0; n0 < N; n0 += UP_ROWS) {
+            int   nr = N - n0 < UP_ROWS ? N - n0 : UP_ROWS;
+            float d[UP_ROWS];
+            /* the rows' masked inputs (mk: the factor, 0 or 1 / (1 - p)); absent rows zero */
+            for (int q = 0; q < UP_ROWS; q++) {
+                const float *xn = x + (size_t)(n0 + q) * in + c0;
+                size_t       at = (size_t)(n0 + q) * in + (size_t)c0;
+                for (int i = 0; i < w; i++) {
+                    float f  = q >= nr ? 0.0f
+                               : !dropped || rng_keep24(key, (uint32_t)(at + (size_t)i)) >= thr
+                                   ? keep
+                                   : 0.0f;
+                    mk[q][i] = f;
+                    xd[q][i] = f != 0.0f ? xn[i] * f : 0.0f;
+                }
+            }
+            /* dA[j, c0:c0+w] += Σ_q du[n0+q, j] · xd[q], the rows in order */
+            for (int j = 0; j < r; j++) {
+                float *restrict a = dA + (size_t)j * in + c0;
+                for (int q = 0; q < UP_ROWS; q++) d[q] = q < nr ? du[(size_t)(n0 + q) * r + j] : 0;
+                const float *restrict x0 = xd[0], *restrict x1 = xd[1];
+                const float *restrict x2 = xd[2], *restrict x3 = xd[3];
+#pragma omp simd
+                for (int i = 0; i < w; i++)
+                    a[i] = (((a[i] + d[0] * x0[i]) + d[1] * x1[i]) + d[2] * x2[i]) + d[3] * x3[i];
+            }
+            if (!dinp) continue;
+            /* dinp[n, c0:c0+w] += (Σ_j du[n, j] · A[j, c0:c0+w]) ⊙ mask / (1 - p) */
+            for (int q = 0; q < UP_ROWS; q++)
+                for (int i = 0; i < w; i++) g[q][i] = 0.0f;
+            for (int j = 0; j < r; j++) {
+                const float *restrict a = A + (size_t)j * in + c0;
+                for (int q = 0; q < UP_ROWS; q++) d[q] = q < nr ? du[(size_t)(n0 + q) * r + j] : 0;
+                float *restrict g0 = g[0], *restrict g1 = g[1], *restrict g2 = g[2],
+                                *restrict g3 = g[3];
+#pragma omp simd
+                for (int i = 0; i < w; i++) {
+                    g0[i] += d[0] * a[i];
+                    g1[i] += d[1] * a[i];
+                    g2[i] += d[2] * a[i];
+                    g3[i] += d[3] * a[i];
+                }
+            }
+            for (int q = 0; q < nr; q++) {
+                float *restrict o = dinp + (size_t)(n0 + q) * in + c0;
+                for (int i = 0; i < w; i++) o[i] += g[q][i] * mk[q][i];
+            }
+        }
+    }
 }
 
 lora_status adapter_reserve_rows(float **buf, int32_t *n_max, int N, int32_t r,

@@ -107,10 +107,17 @@ int      adapter_dropout_on(const peft_ctx *ctx, float p);
 uint64_t adapter_dropout_key(const adapter *a, const peft_ctx *ctx);
 /* out (n) = x ⊙ mask / (1 - p). */
 void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key);
-/* dinp (N, in) += (du (N, r) · A (r, in)) ⊙ mask / (1 - p), the mask only when dropped; the
- * masked case goes through scratch (N * in floats). */
-void adapter_input_grad(float *dinp, const float *du, const float *A, int N, int r, int in,
-                        int dropped, float p, uint64_t key, float *scratch);
+/* u (N, r) = dropout(x) (N, in) · Aᵀ, A (r, in); dropout only when dropped (mask from key, as
+ * adapter_dropout_apply draws it). The dropped-out input is never stored: each block of rows
+ * is masked a chunk at a time in L1 and every row of A passes over it. */
+void adapter_down(float *u, const float *x, const float *A, int N, int r, int in, int dropped,
+                  float p, uint64_t key);
+/* The input side of an adapter's backward, from du (N, r) = dL/du and the same mask:
+ * dA (r, in) += duᵀ · dropout(x) and, if dinp, dinp (N, in) += (du · A) ⊙ mask / (1 - p). One
+ * pass over x and dinp, the mask drawn once per element; threads own column blocks and sum
+ * the rows in order, so the result does not depend on the thread count. */
+void adapter_up_grads(float *dA, float *dinp, const float *du, const float *x, const float *A,
+                      int N, int r, int in, int dropped, float p, uint64_t key);
 
 /* Grows a per-pass (rows, r) buffer to hold at least N rows (*n_max rows now); keeps it when big
  * enough. For an adapter's reserve. */

@@ -29,41 +29,26 @@ typedef struct lora_state {
 
 static void lora_forward(adapter *a, const linear *site, float *out, const float *inp, int N,
                          const peft_ctx *ctx) {
-    lora_state  *s   = a->state;
-    const float *src = inp;
+    lora_state *s = a->state;
     LORA_ASSERT(N <= s->n_max);
-    if (adapter_dropout_on(ctx, s->dropout)) {
-        adapter_dropout_apply(ctx->scratch, inp, (size_t)N * s->in, s->dropout,
-                              adapter_dropout_key(a, ctx));
-        src = ctx->scratch;
-    }
-    /* u (N,r) = x · Aᵀ;  out[:, off:off+len] += s · u · Bᵀ */
-    gemm(0, 1, N, s->r, s->in, 1.0f, src, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    /* u (N,r) = dropout(x) · Aᵀ;  out[:, off:off+len] += s · u · Bᵀ */
+    adapter_down(s->u, inp, s->A, N, s->r, s->in, adapter_dropout_on(ctx, s->dropout),
+                 s->dropout, adapter_dropout_key(a, ctx));
     gemm(0, 1, N, s->len, s->r, s->scale, s->u, s->r, s->B, s->r, 1.0f, out + a->off, site->out);
 }
 
 static void lora_backward(adapter *a, const linear *site, float *dinp, const float *dout,
                           const float *inp, int N, const peft_ctx *ctx) {
-    lora_state  *s       = a->state;
-    int          dropped = adapter_dropout_on(ctx, s->dropout);
-    float       *xd      = ctx->scratch;                     /* (N, in) */
-    float       *du      = ctx->scratch + (size_t)N * s->in; /* (N, r) */
-    const float *dslice  = dout + a->off;                    /* (N, len), row stride site->out */
-    const float *src     = inp;
+    lora_state  *s      = a->state;
+    float       *du     = ctx->scratch;   /* (N, r) */
+    const float *dslice = dout + a->off; /* (N, len), row stride site->out */
     /* du (N,r) = s · dout_slice · B;  dB (len,r) += s · dout_sliceᵀ · u */
     gemm(0, 0, N, s->r, s->len, s->scale, dslice, site->out, s->B, s->r, 0.0f, du, s->r);
     gemm(1, 0, s->len, s->r, N, s->scale, dslice, site->out, s->u, s->r, 1.0f, s->dB, s->r);
-    if (dropped) {
-        adapter_dropout_apply(xd, inp, (size_t)N * s->in, s->dropout,
-                              adapter_dropout_key(a, ctx));
-        src = xd;
-    }
-    /* dA (r,in) += duᵀ · x_drop */
-    gemm(1, 0, s->r, s->in, N, 1.0f, du, s->r, src, s->in, 1.0f, s->dA, s->in);
-    /* dx += (du · A) ⊙ mask / (1 - p), through the scratch (x_drop is no longer needed) */
-    if (dinp)
-        adapter_input_grad(dinp, du, s->A, N, s->r, s->in, dropped, s->dropout,
-                           adapter_dropout_key(a, ctx), xd);
+    /* dA (r,in) += duᵀ · dropout(x);  dx += (du · A) ⊙ mask / (1 - p) */
+    adapter_up_grads(s->dA, dinp, du, inp, s->A, N, s->r, s->in,
+                     adapter_dropout_on(ctx, s->dropout), s->dropout,
+                     adapter_dropout_key(a, ctx));
 }
 
 static lora_status lora_reserve(adapter *a, const linear *site, int N, size_t *scratch,
@@ -71,7 +56,7 @@ static lora_status lora_reserve(adapter *a, const linear *site, int N, size_t *s
     lora_state *s = a->state;
     lora_status st = adapter_reserve_rows(&s->u, &s->n_max, N, s->r, site, err);
     if (st != LORA_OK) return st;
-    *scratch = (size_t)N * (size_t)(s->in + s->r);
+    *scratch = (size_t)N * (size_t)s->r;
     return LORA_OK;
 }
 

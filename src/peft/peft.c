@@ -259,8 +259,8 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
     } else if (p->method == LORA_METHOD_BITFIT) {
         trainable = C + L * (C + 3 * C + C + C + F + C);
     } else {
-        /* LoRA: A (r, in), B (len, r) per site, a saved A·x (N, r) per pass, scratch N (in + r).
-         * AdaLoRA adds Λ (r) per site and needs N (in + 2r) of scratch. */
+        /* LoRA: A (r, in), B (len, r) per site, a saved A·x (N, r) per pass, scratch N r.
+         * AdaLoRA adds Λ (r) per site and needs N 2r of scratch. */
         int64_t     r = p->r, ada = p->method == LORA_METHOD_ADALORA, sites = 0;
         target_dims s[N_TARGET_DIMS];
         target_dims_of(c, s);
@@ -270,7 +270,7 @@ lora_status lora_estimate_memory(const lora_config *c, const lora_adapter_params
                 trainable += L * r * (s[i].in + s[i].len + ada);
                 adapter_acts += L * N * r;
                 sites += L;
-                if (N * (s[i].in + (1 + ada) * r) > scratch) scratch = N * (s[i].in + (1 + ada) * r);
+                if (N * (1 + ada) * r > scratch) scratch = N * (1 + ada) * r;
             }
         /* AdaLoRA's rank allocator (adalora.c): the EMAs Ī and Ū of every trainable entry, the
          * mask (r per site) and the frozen flag, the triplet scores and their sorted copy
