@@ -105,7 +105,8 @@ int linear_has_grad(const linear *site);
  * regenerated from (seed, adapter id, pass) in backward instead of being stored. */
 int      adapter_dropout_on(const peft_ctx *ctx, float p);
 uint64_t adapter_dropout_key(const adapter *a, const peft_ctx *ctx);
-/* out (n) = x ⊙ mask / (1 - p). */
+/* out (n) = x ⊙ mask / (1 - p): the masks' definition (element i of the (N, in) input draws
+ * rng_keep24(key, i)), which the fused kernels below draw identically; the tests' reference. */
 void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64_t key);
 /* u (N, r) = dropout(x) (N, in) · Aᵀ, A (r, in); dropout only when dropped (mask from key, as
  * adapter_dropout_apply draws it). The dropped-out input is never stored: each block of rows
