@@ -540,20 +540,10 @@ static void dot_rows_block(float *out, const float *inp, const float *wt, const 
         float                 b = bias ? bias[i] : 0.0f;
         int                   r = 0;
         for (; r + 4 <= N; r += 4) {
-            const float *restrict x0 = inp + (size_t)r * C, *restrict x1 = x0 + C;
-            const float *restrict x2 = x1 + C, *restrict x3 = x2 + C;
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-            for (int k = 0; k < C; k++) {
-                s0 += w[k] * x0[k];
-                s1 += w[k] * x1[k];
-                s2 += w[k] * x2[k];
-                s3 += w[k] * x3[k];
-            }
-            out[(size_t)r * OC + i]       = s0 + b;
-            out[(size_t)(r + 1) * OC + i] = s1 + b;
-            out[(size_t)(r + 2) * OC + i] = s2 + b;
-            out[(size_t)(r + 3) * OC + i] = s3 + b;
+            const float *x0 = inp + (size_t)r * C;
+            float        s[4];
+            dot4(s, w, x0, x0 + C, x0 + 2 * C, x0 + 3 * C, C);
+            for (int q = 0; q < 4; q++) out[(size_t)(r + q) * OC + i] = s[q] + b;
         }
         for (; r < N; r++) {
             const float *restrict x = inp + (size_t)r * C;

@@ -77,6 +77,23 @@ void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const
 void matmul_forward_t(float *out, const float *inp, const float *wt, const float *bias, int N,
                       int C, int OC);
 
+/* s[q] = Σ_k w[k] · x_q[k] over n floats for four vectors x0..x3 at once (w is read once for
+ * the four): the inner loop of matmul_forward_t's few-row kernel and of the adapters' down
+ * projection. */
+static inline void dot4(float s[4], const float *restrict w, const float *restrict x0,
+                        const float *restrict x1, const float *restrict x2,
+                        const float *restrict x3, int n) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int k = 0; k < n; k++) {
+        s0 += w[k] * x0[k];
+        s1 += w[k] * x1[k];
+        s2 += w[k] * x2[k];
+        s3 += w[k] * x3[k];
+    }
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+
 /* out (cols, rows) = inpᵀ for inp (rows, cols), both row-major. Exact. */
 void matrix_transpose(float *out, const float *inp, int rows, int cols);
 

@@ -123,6 +123,7 @@ void adapter_dropout_apply(float *out, const float *x, size_t n, float p, uint64
 /* Rows and columns of x per step of adapter_down: a 4-row block's chunk of the masked input
  * (4 x 256 floats, 4 KiB) stays in L1 while every row of A passes over it. */
 #define DOWN_ROWS 4
+_Static_assert(DOWN_ROWS == 4, "adapter_down takes its rows four at a time (dot4)");
 #define DOWN_COLS 256
 
 /* Row n's columns [c0, c0 + w) of the masked input into xd (element index n·in + c draws the
@@ -161,18 +162,8 @@ void adapter_down(float *u, const float *x, const float *A, int N, int r, int in
                 }
             }
             for (int j = 0; j < r; j++) {
-                const float *restrict a  = A + (size_t)j * in + c0;
-                const float *restrict x0 = xr[0], *restrict x1 = xr[1];
-                const float *restrict x2 = xr[2], *restrict x3 = xr[3];
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-                for (int i = 0; i < w; i++) {
-                    s0 += a[i] * x0[i];
-                    s1 += a[i] * x1[i];
-                    s2 += a[i] * x2[i];
-                    s3 += a[i] * x3[i];
-                }
-                float s[DOWN_ROWS] = {s0, s1, s2, s3};
+                float s[DOWN_ROWS];
+                dot4(s, A + (size_t)j * in + c0, xr[0], xr[1], xr[2], xr[3], w);
                 for (int q = 0; q < nr; q++) ub[(size_t)q * r + j] += s[q];
             }
         }
