@@ -6,6 +6,7 @@
 #include "core/profile.h"
 #include "core/rng.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 /* out += every adapter's term, unless they are folded into w (merged) */
@@ -209,7 +210,8 @@ void adapter_up_grads(float *dA, float *dinp, const float *du, const float *x, c
                 const float *restrict x2 = xd[2], *restrict x3 = xd[3];
 #pragma omp simd
                 for (int i = 0; i < w; i++)
-                    a[i] = (((a[i] + d[0] * x0[i]) + d[1] * x1[i]) + d[2] * x2[i]) + d[3] * x3[i];
+                    a[i] = fmaf(d[3], x3[i], fmaf(d[2], x2[i], fmaf(d[1], x1[i],
+                                                                     fmaf(d[0], x0[i], a[i]))));
             }
             if (!dinp) continue;
             /* dinp[n, c0:c0+w] += (Σ_j du[n, j] · A[j, c0:c0+w]) ⊙ mask / (1 - p) */
@@ -222,10 +224,10 @@ void adapter_up_grads(float *dA, float *dinp, const float *du, const float *x, c
                                 *restrict g3 = g[3];
 #pragma omp simd
                 for (int i = 0; i < w; i++) {
-                    g0[i] += d[0] * a[i];
-                    g1[i] += d[1] * a[i];
-                    g2[i] += d[2] * a[i];
-                    g3[i] += d[3] * a[i];
+                    g0[i] = fmaf(d[0], a[i], g0[i]);
+                    g1[i] = fmaf(d[1], a[i], g1[i]);
+                    g2[i] = fmaf(d[2], a[i], g2[i]);
+                    g3[i] = fmaf(d[3], a[i], g3[i]);
                 }
             }
             for (int q = 0; q < nr; q++) {
