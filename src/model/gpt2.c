@@ -436,7 +436,6 @@ static lora_status plan_activations(lora_model *m, int32_t B, int32_t T, lora_er
     m->ctx.scratch_floats  = scratch;
     m->B_max               = B;
     m->T_max               = T;
-    m->insides_of          = -1;
     m->logits_valid        = 0;
     m->have_targets        = 0;
     return LORA_OK;
@@ -517,7 +516,6 @@ static void layer_forward(lora_model *m, int32_t l, const float *residual, int i
         P(LORA_PROF_GELU, gelu_erf_forward(a->fch_gelu, a->fch, (size_t)N * F));
     else
         P(LORA_PROF_GELU, gelu_forward(a->fch_gelu, a->fch, (size_t)N * F));
-    m->insides_of = l;
     if (insides_only) return;
     linear_forward(&ly->mlp_proj, a->res3, a->fch_gelu, N, &m->ctx);
     P(LORA_PROF_RESIDUAL, residual_forward(a->res3, a->res3, a->res2, (size_t)N * C));
@@ -647,8 +645,9 @@ static lora_status backward_pass(lora_model *m, lora_error *err) {
         int              need_dx  = l > lowest || below; /* dL/d(this layer's input) */
         gpt2_layer_acts *a        = &m->la[l];
         const float     *residual = l ? m->la[l - 1].res3 : m->encoded;
-        /* the layer's insides again (the top layer's are still there from the forward) */
-        if (m->checkpoint && m->insides_of != l) layer_forward(m, l, residual, 1);
+        /* the layer's insides again; the top layer's are still there from the forward, which
+         * ends with it (a backward always follows its forward: have_targets) */
+        if (m->checkpoint && l < c->n_layer - 1) layer_forward(m, l, residual, 1);
         /* dres holds dL/d res3: it flows unchanged into res2 and into the MLP's output */
         linear_backward_set(&ly->mlp_proj, m->dfch_a, m->dres, a->fch_gelu, N, &m->ctx);
         P(LORA_PROF_RESIDUAL, memset(m->dfch_b, 0, NF * sizeof(float)));

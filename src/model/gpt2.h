@@ -71,7 +71,6 @@ struct lora_model {
     /* activations, planned for B_max x T_max */
     int32_t          B_max, T_max;
     int              checkpoint; /* 1: layers share one set of insides, recomputed in backward */
-    int32_t          insides_of; /* under checkpointing, the layer whose insides it holds; -1 */
     float           *act_mem; /* owned, one allocation */
     size_t           act_floats;
     float           *encoded;            /* (B,T,C) */
